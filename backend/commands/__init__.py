@@ -1,0 +1,1 @@
+"""One module per ``lam-head`` subcommand (see backend/cli.py)."""

@@ -1,0 +1,264 @@
+"""The avatar file (``*.npz``): the one contract between backend and add-on.
+
+Numpy only: the Blender add-on imports this module too. The layout is
+specified in DESIGN.md ("The avatar file"); this module is its single
+implementation. Files are written atomically and read without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "lam-head-avatar"
+VERSION = 1
+JOINT_NAMES = ("root", "neck", "jaw", "eye_l", "eye_r")
+
+# Tolerances for the semantic checks: loose enough for float32 round-off.
+_WEIGHT_SUM_TOL = 1e-4
+_QUAT_NORM_TOL = 1e-3
+_UNIT_RANGE_TOL = 1e-6
+
+
+class AvatarFileError(ValueError):
+    """A file that is not a valid avatar. ``key`` names the offending entry."""
+
+    def __init__(self, key: str | None, problem: str, path: str | os.PathLike | None = None):
+        self.key = key
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        where = f"{self.path}: " if self.path else ""
+        what = f"key '{key}': " if key else ""
+        super().__init__(f"invalid avatar file: {where}{what}{problem}")
+
+
+@dataclass
+class Avatar:
+    """Canonical Gaussians plus their FLAME rig. Shapes: N points, E expression
+    components, J joints, P = 9 * (J - 1) pose-corrective features, F faces."""
+
+    xyz: np.ndarray  # N,3 canonical centres (template + offset)
+    template: np.ndarray  # N,3 shaped canonical subdivided FLAME vertices
+    rgb: np.ndarray  # N,3 linear colour in [0, 1]
+    opacity: np.ndarray  # N in [0, 1]
+    scale: np.ndarray  # N,3 standard deviations, metres
+    rotation: np.ndarray  # N,4 unit quaternion wxyz
+    expr_dirs: np.ndarray  # N,3,E
+    pose_dirs: np.ndarray  # N,3,P
+    lbs_weights: np.ndarray  # N,J rows sum to 1
+    joints: np.ndarray  # J,3 rest joints (shaped, neutral expression)
+    joint_expr_dirs: np.ndarray  # J,3,E
+    parents: np.ndarray  # J int32, root = -1
+    joint_names: tuple[str, ...]
+    faces: np.ndarray  # F,3 int32
+    shape_params: np.ndarray  # S
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_points(self) -> int:
+        return int(self.xyz.shape[0])
+
+    @property
+    def n_expr(self) -> int:
+        return int(self.expr_dirs.shape[2])
+
+    @property
+    def n_joints(self) -> int:
+        return int(self.joints.shape[0])
+
+    @property
+    def offset(self) -> np.ndarray:
+        return self.xyz - self.template
+
+
+_FLOAT_KEYS = (
+    "xyz", "template", "rgb", "opacity", "scale", "rotation", "expr_dirs", "pose_dirs",
+    "lbs_weights", "joints", "joint_expr_dirs", "shape_params",
+)
+_INT_KEYS = ("parents", "faces")
+REQUIRED_KEYS = ("format", "version", *_FLOAT_KEYS, *_INT_KEYS, "joint_names", "meta")
+
+
+def _check_shape(key: str, a: np.ndarray, shape: tuple) -> None:
+    """``shape`` holds ints or None (any size)."""
+    ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise AvatarFileError(key, f"shape {tuple(a.shape)} does not match expected {want}")
+
+
+def _as_float(key: str, value: Any) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu":
+        raise AvatarFileError(key, f"expected a float array, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise AvatarFileError(key, "contains NaN or infinite values")
+    return a
+
+
+def _as_int(key: str, value: Any) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype.kind not in "iu":
+        raise AvatarFileError(key, f"expected an integer array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _as_str(key: str, value: Any) -> str:
+    a = np.asarray(value)
+    if a.dtype.kind != "U" or a.ndim != 0:
+        raise AvatarFileError(key, f"expected a string, got {a.dtype} with shape {a.shape}")
+    return str(a)
+
+
+def validate(arrays: Mapping[str, Any]) -> Avatar:
+    """Check every key of the contract and return an :class:`Avatar`.
+
+    Raises :class:`AvatarFileError` naming the first bad key.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise AvatarFileError(missing[0], "missing" + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+
+    fmt = _as_str("format", arrays["format"])
+    if fmt != FORMAT:
+        raise AvatarFileError("format", f"is '{fmt}', expected '{FORMAT}'")
+    version_arr = np.asarray(arrays["version"])
+    if version_arr.dtype.kind not in "iu" or version_arr.ndim != 0:
+        raise AvatarFileError("version", "expected an integer scalar")
+    version = int(version_arr)
+    if version < 1 or version > VERSION:
+        raise AvatarFileError("version", f"schema version {version} is not supported (this build reads 1..{VERSION}); update the add-on")
+
+    a = {k: _as_float(k, arrays[k]) for k in _FLOAT_KEYS}
+    a.update({k: _as_int(k, arrays[k]) for k in _INT_KEYS})
+
+    _check_shape("xyz", a["xyz"], (None, 3))
+    n = a["xyz"].shape[0]
+    if n == 0:
+        raise AvatarFileError("xyz", "has no points")
+    _check_shape("template", a["template"], (n, 3))
+    _check_shape("rgb", a["rgb"], (n, 3))
+    _check_shape("opacity", a["opacity"], (n,))
+    _check_shape("scale", a["scale"], (n, 3))
+    _check_shape("rotation", a["rotation"], (n, 4))
+    _check_shape("expr_dirs", a["expr_dirs"], (n, 3, None))
+    e = a["expr_dirs"].shape[2]
+    _check_shape("joints", a["joints"], (None, 3))
+    j = a["joints"].shape[0]
+    if j < 1:
+        raise AvatarFileError("joints", "has no joints")
+    _check_shape("lbs_weights", a["lbs_weights"], (n, j))
+    _check_shape("pose_dirs", a["pose_dirs"], (n, 3, 9 * (j - 1)))
+    _check_shape("joint_expr_dirs", a["joint_expr_dirs"], (j, 3, e))
+    _check_shape("parents", a["parents"], (j,))
+    _check_shape("faces", a["faces"], (None, 3))
+    _check_shape("shape_params", a["shape_params"], (None,))
+
+    for key in ("rgb", "opacity"):
+        lo, hi = float(a[key].min()), float(a[key].max())
+        if lo < -_UNIT_RANGE_TOL or hi > 1 + _UNIT_RANGE_TOL:
+            raise AvatarFileError(key, f"values must lie in [0, 1], found [{lo:.6g}, {hi:.6g}]")
+    if (a["scale"] <= 0).any():
+        raise AvatarFileError("scale", "standard deviations must be positive")
+    qn = np.linalg.norm(a["rotation"], axis=1)
+    if np.abs(qn - 1).max() > _QUAT_NORM_TOL:
+        raise AvatarFileError("rotation", f"quaternions must be unit length (worst norm {qn[np.argmax(np.abs(qn - 1))]:.6g})")
+    w = a["lbs_weights"]
+    if w.min() < -_UNIT_RANGE_TOL:
+        raise AvatarFileError("lbs_weights", "weights must be non-negative")
+    row_err = np.abs(w.sum(axis=1) - 1)
+    if row_err.max() > _WEIGHT_SUM_TOL:
+        raise AvatarFileError("lbs_weights", f"rows must sum to 1 (row {int(np.argmax(row_err))} sums to {w.sum(axis=1)[np.argmax(row_err)]:.6g})")
+
+    parents = a["parents"]
+    if parents[0] != -1:
+        raise AvatarFileError("parents", "the first joint must be the root (parent -1)")
+    for i in range(1, j):
+        if not 0 <= parents[i] < i:
+            raise AvatarFileError("parents", f"joint {i} has parent {parents[i]}; parents must precede their children")
+    faces = a["faces"]
+    if faces.size and (faces.min() < 0 or faces.max() >= n):
+        raise AvatarFileError("faces", f"indices must lie in [0, {n}), found [{faces.min()}, {faces.max()}]")
+
+    names_arr = np.asarray(arrays["joint_names"])
+    if names_arr.dtype.kind != "U" or names_arr.shape != (j,):
+        raise AvatarFileError("joint_names", f"expected {j} strings, got {names_arr.dtype} with shape {names_arr.shape}")
+    names = tuple(str(s) for s in names_arr)
+    if len(set(names)) != j:
+        raise AvatarFileError("joint_names", "names must be unique")
+
+    meta_text = _as_str("meta", arrays["meta"])
+    try:
+        meta = json.loads(meta_text)
+    except json.JSONDecodeError as exc:
+        raise AvatarFileError("meta", f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise AvatarFileError("meta", "must be a JSON object")
+
+    return Avatar(
+        xyz=a["xyz"], template=a["template"], rgb=a["rgb"], opacity=a["opacity"], scale=a["scale"],
+        rotation=a["rotation"], expr_dirs=a["expr_dirs"], pose_dirs=a["pose_dirs"],
+        lbs_weights=a["lbs_weights"], joints=a["joints"], joint_expr_dirs=a["joint_expr_dirs"],
+        parents=parents, joint_names=names, faces=faces, shape_params=a["shape_params"], meta=meta,
+    )
+
+
+def to_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
+    """The exact arrays stored in the file (validated first)."""
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "version": np.array(VERSION, dtype=np.int32)}
+    for f in fields(Avatar):
+        value = getattr(avatar, f.name)
+        if f.name == "joint_names":
+            arrays[f.name] = np.array(list(value), dtype=str)
+        elif f.name == "meta":
+            arrays[f.name] = np.array(json.dumps(value, sort_keys=True))
+        else:
+            arrays[f.name] = np.asarray(value)
+    checked = validate(arrays)  # refuse to write what we would refuse to read
+    for f in fields(Avatar):
+        if f.name not in ("joint_names", "meta"):
+            arrays[f.name] = getattr(checked, f.name)
+    return arrays
+
+
+def save_avatar(path: str | os.PathLike, avatar: Avatar) -> Path:
+    """Write ``avatar`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    arrays = to_arrays(avatar)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_avatar(path: str | os.PathLike) -> Avatar:
+    """Read and validate an avatar file. Never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvatarFileError(None, "file not found", path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise AvatarFileError(None, f"not a readable .npz archive ({exc}); re-create or re-export the avatar", path) from None
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise AvatarFileError(None, f"contains data that needs pickle to load, refused ({exc})", path) from None
+    try:
+        return validate(arrays)
+    except AvatarFileError as exc:
+        raise AvatarFileError(exc.key, exc.problem, path) from None

@@ -1,0 +1,80 @@
+"""Developer set-up and test runner. Standard library only.
+
+    python3 -m backend.devenv          # create/refresh .venv (torch CPU, backend, bpy 5.0, test tools)
+    python3 -m backend.devenv test     # ... plus .venv-bpy45, then ruff and the whole test suite
+
+Both environments live in the repo root and are reused when their inputs did
+not change. The Blender tests run twice: under bpy 5.0 (in .venv) and under
+bpy 4.5 LTS (in .venv-bpy45, which has no torch: the backend subprocess those
+tests start runs from .venv).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import environment
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_VENV = ROOT / ".venv"
+BPY45_VENV = ROOT / ".venv-bpy45"
+BPY45_REQUIREMENTS = ["bpy==4.5.15", "numpy<2", "pytest", "plyfile"]
+
+
+def setup_main() -> Path:
+    return environment.install(
+        MAIN_VENV,
+        ["-e", f"{ROOT}[backend,blender,test]"],
+        stamp_inputs=[ROOT / "pyproject.toml", environment.REQUIREMENTS_FILE],
+    )
+
+
+def setup_bpy45() -> Path:
+    return environment.install(
+        BPY45_VENV, BPY45_REQUIREMENTS, with_torch=False, with_mediapipe=False
+    )
+
+
+def _step(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    py = setup_main()
+    py45 = setup_bpy45()
+    rc = _step([str(py), "-m", "ruff", "check", "."])
+    if rc:
+        print("ruff found problems (above)", file=sys.stderr)
+        return rc
+    rc = _step([str(py), "-m", "pytest", *pytest_args])
+    if rc:
+        return rc
+    env = dict(os.environ, LAM_HEAD_BACKEND_PYTHON=str(py))
+    return _step([str(py45), "-m", "pytest", "tests/blender", *pytest_args], env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if sys.version_info < (3, 10):  # noqa: UP036 (run by the system python, which may be old)
+        print("Python 3.10 or newer is needed (3.11 recommended).", file=sys.stderr)
+        return 2
+    try:
+        if not args:
+            setup_main()
+            print(f"\nReady: {environment.venv_python(MAIN_VENV)} (try: .venv/bin/lam-head --help)")
+            return 0
+        if args[0] == "test":
+            return run_tests(args[1:])
+    except environment.EnvironmentError_ as exc:
+        print(f"set-up failed: {exc}", file=sys.stderr)
+        return 1
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
