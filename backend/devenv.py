@@ -21,7 +21,7 @@ from . import environment
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_VENV = ROOT / ".venv"
 BPY45_VENV = ROOT / ".venv-bpy45"
-BPY45_REQUIREMENTS = ["bpy==4.5.15", "numpy<2", "pytest", "plyfile"]
+BPY45_REQUIREMENTS = ["bpy==4.5.15", "numpy<2", "pytest", "plyfile", "numba", "safetensors", "pillow"]
 
 
 def setup_main() -> Path:
