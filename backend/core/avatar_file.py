@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic_write import atomic_path
 
 FORMAT = "lam-head-avatar"
 VERSION = 1
@@ -234,15 +235,8 @@ def save_avatar(path: str | os.PathLike, avatar: Avatar) -> Path:
     """Write ``avatar`` to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
     arrays = to_arrays(avatar)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return path
 
 
@@ -251,13 +245,20 @@ def load_avatar(path: str | os.PathLike) -> Avatar:
     path = Path(path)
     if not path.is_file():
         raise AvatarFileError(None, "file not found", path)
+    # np.load would read a .npy as a bare array and a non-archive as a pickle: check first.
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise AvatarFileError(None, "not an .npz archive (an avatar file is a numpy .npz); re-create or re-export the avatar", path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise AvatarFileError(None, f"not a readable .npz archive ({exc}); re-create or re-export the avatar", path) from None
-    except ValueError as exc:  # object arrays need pickle: refused
-        raise AvatarFileError(None, f"contains data that needs pickle to load, refused ({exc})", path) from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):  # object arrays need pickle: refused
+            raise AvatarFileError(None, f"contains data that needs pickle to load, refused ({exc})", path) from None
+        raise AvatarFileError(None, f"not a readable .npz archive (a member is corrupt: {exc}); re-create or re-export the avatar", path) from None
     try:
         return validate(arrays)
     except AvatarFileError as exc:
