@@ -1,0 +1,212 @@
+"""FLAME motion files -> a batched :class:`FlamePose` (numpy + stdlib only).
+
+Reads the official LAM/FLAME tracking layout (LAM_SPEC section 4): a folder
+``flame_param/`` (or any folder) of per-frame ``.npz`` files holding
+``expr`` [1,100], ``rotation``, ``neck_pose``, ``jaw_pose`` [1,3], ``eyes_pose``
+[1,6] (left eye then right eye), ``translation`` [1,3] and optionally ``shape``;
+frames are taken in natural order (``2.npz`` before ``10.npz``) at 30 fps. Also a
+single ``.npz`` with the same names stacked over frames ([T, ...]), optionally
+with an ``fps`` scalar. The Blender side uses this module too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic_write import atomic_path
+from .errors import BadInputError
+from .rig import FlamePose
+
+DEFAULT_FPS = 30.0
+# file key -> (FlamePose field(s), width)
+_POSE_KEYS = {"rotation": 3, "neck_pose": 3, "jaw_pose": 3, "eyes_pose": 6, "translation": 3}
+KNOWN_KEYS = ("expr", *_POSE_KEYS)
+
+
+@dataclass
+class Motion:
+    """A motion: ``pose`` (B frames), ``fps``, the ``shape`` betas if the file had
+    them (not applied: an avatar's shape is baked), and warnings for the user."""
+
+    pose: FlamePose
+    fps: float
+    source: str
+    shape: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return self.pose.batch_size
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers numerically: frame2 < frame10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # np.load would try pickle on anything else
+            raise BadInputError(f"motion file {path}: not a readable .npz archive (no zip header)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BadInputError(f"motion file {path}: not a readable .npz archive ({exc})") from None
+    except ValueError as exc:
+        raise BadInputError(f"motion file {path}: contains data that needs pickle to load, refused ({exc})") from None
+
+
+def _frames_array(arrays: dict, key: str, width: int | None, path: Path, n_frames: int | None) -> np.ndarray | None:
+    """arrays[key] as float32 T,width (accepts [width] and [1,width] for one frame)."""
+    if key not in arrays:
+        return None
+    a = np.asarray(arrays[key])
+    if a.dtype.kind not in "fiu":
+        raise BadInputError(f"motion file {path}: '{key}' must hold numbers, got dtype {a.dtype}")
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim == 3 and a.shape[1] == 1:  # [T,1,W] stacked per-frame arrays
+        a = a[:, 0]
+    if a.ndim != 2 or (width is not None and a.shape[1] != width):
+        want = f"[T, {width}]" if width is not None else "[T, E]"
+        raise BadInputError(f"motion file {path}: '{key}' has shape {tuple(np.shape(arrays[key]))}, expected {want}")
+    if n_frames is not None and a.shape[0] != n_frames:
+        raise BadInputError(f"motion file {path}: '{key}' has {a.shape[0]} frames but 'expr' has {n_frames}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise BadInputError(f"motion file {path}: '{key}' contains NaN or infinite values")
+    return a
+
+
+def _parse(arrays: dict, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str]]:
+    """Validated T-stacked arrays for every known key (missing pose keys -> zeros)."""
+    present = [k for k in KNOWN_KEYS if k in arrays]
+    if not present:
+        raise BadInputError(
+            f"motion file {path}: no FLAME parameters found (keys: {', '.join(sorted(arrays)) or 'none'}); "
+            f"expected {', '.join(KNOWN_KEYS)} as in LAM's flame_param/*.npz"
+        )
+    notes = []
+    expr = _frames_array(arrays, "expr", None, path, None)
+    n = expr.shape[0] if expr is not None else None
+    out: dict[str, np.ndarray] = {}
+    for key, width in _POSE_KEYS.items():
+        a = _frames_array(arrays, key, width, path, n)
+        if a is not None and n is None:
+            n = a.shape[0]
+        out[key] = a
+    if expr is None:
+        notes.append("no 'expr' in the motion: neutral expression")
+        expr = np.zeros((n, 0), np.float32)
+    out["expr"] = expr
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        notes.append(f"missing {', '.join(missing)}: zeros used")
+        for k in missing:
+            out[k] = np.zeros((n, _POSE_KEYS[k]), np.float32)
+    shape = None
+    if "shape" in arrays:
+        s = np.asarray(arrays["shape"], dtype=np.float32)
+        shape = s.reshape(-1, s.shape[-1])[0] if s.ndim >= 1 and s.size else None
+    return out, shape, notes
+
+
+def _fit_expr(expr: np.ndarray, n_expr: int | None, notes: list[str]) -> np.ndarray:
+    if n_expr is None or expr.shape[1] == n_expr:
+        return expr
+    e = expr.shape[1]
+    if e > n_expr:
+        dropped = float(np.abs(expr[:, n_expr:]).max()) if expr.size else 0.0
+        notes.append(f"motion has {e} expression components, the avatar {n_expr}: extra ones dropped (largest |value| {dropped:.3g})")
+        return np.ascontiguousarray(expr[:, :n_expr])
+    if e > 0:
+        notes.append(f"motion has {e} expression components, the avatar {n_expr}: the rest set to 0")
+    return np.pad(expr, ((0, 0), (0, n_expr - e)))
+
+
+def _to_pose(a: dict[str, np.ndarray]) -> FlamePose:
+    eyes = a["eyes_pose"]
+    return FlamePose(
+        expr=a["expr"], rotation=a["rotation"], neck=a["neck_pose"], jaw=a["jaw_pose"],
+        eye_l=np.ascontiguousarray(eyes[:, :3]), eye_r=np.ascontiguousarray(eyes[:, 3:]),
+        translation=a["translation"],
+    )
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    if (folder / "flame_param").is_dir():
+        folder = folder / "flame_param"
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".npz"]
+    if not files:
+        raise BadInputError(f"motion folder {folder}: no per-frame .npz files found (expected flame_param/*.npz)")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def load_motion(path: str | os.PathLike, n_expr: int | None = None, fps: float | None = None) -> Motion:
+    """Read a motion (folder of per-frame .npz, or one stacked .npz) as a batched pose.
+
+    ``n_expr``: the avatar's E; expressions are truncated or zero-padded to it, with
+    a warning (also in ``Motion.warnings``). ``fps`` overrides the file's rate."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"motion not found: {path}")
+    if path.is_dir():
+        per_frame = []
+        shape = None
+        notes: list[str] = []
+        for f in _frame_files(path):
+            arrays, s, n = _parse(_read_npz(f), f)
+            if arrays["expr"].shape[0] != 1:
+                raise BadInputError(f"motion file {f}: holds {arrays['expr'].shape[0]} frames; a folder needs one frame per file")
+            per_frame.append(arrays)
+            shape = s if shape is None else shape
+            notes.extend(x for x in n if x not in notes)
+        widths = {a["expr"].shape[1] for a in per_frame}
+        if len(widths) > 1:
+            raise BadInputError(f"motion folder {path}: frames disagree on the number of expression components ({sorted(widths)})")
+        stacked = {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]}
+        rate = DEFAULT_FPS
+    elif path.suffix.lower() == ".npz":
+        raw = _read_npz(path)
+        stacked, shape, notes = _parse(raw, path)
+        rate = DEFAULT_FPS
+        if "fps" in raw:
+            try:
+                rate = float(np.asarray(raw["fps"]).reshape(-1)[0])
+            except (ValueError, IndexError):
+                raise BadInputError(f"motion file {path}: 'fps' must be a number") from None
+    else:
+        raise BadInputError(f"motion {path}: expected a folder of per-frame .npz files (flame_param/) or one .npz file")
+    if fps is not None:
+        rate = float(fps)
+    if not rate > 0:
+        raise BadInputError(f"motion {path}: frame rate must be positive, got {rate}")
+    stacked["expr"] = _fit_expr(stacked["expr"], n_expr, notes)
+    for note in notes:
+        warnings.warn(f"motion {path.name}: {note}", UserWarning, stacklevel=2)
+    return Motion(pose=_to_pose(stacked), fps=rate, source=str(path), shape=shape, warnings=notes)
+
+
+def save_motion(path: str | os.PathLike, pose: FlamePose, fps: float = DEFAULT_FPS) -> Path:
+    """Write a stacked motion .npz (the single-file layout load_motion reads), atomically."""
+    path = Path(path)
+    arrays = {
+        "expr": np.asarray(pose.expr, np.float32),
+        "rotation": np.asarray(pose.rotation, np.float32),
+        "neck_pose": np.asarray(pose.neck, np.float32),
+        "jaw_pose": np.asarray(pose.jaw, np.float32),
+        "eyes_pose": np.concatenate([np.asarray(pose.eye_l, np.float32), np.asarray(pose.eye_r, np.float32)], axis=1),
+        "translation": np.asarray(pose.translation, np.float32),
+        "fps": np.asarray(float(fps)),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
