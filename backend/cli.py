@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Let each command add its own arguments before the full parse.
-    known, _ = parser.parse_known_args(argv)
+    # Let each command add its own arguments first (so `lam-head CMD --help` lists them too).
+    known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     if not getattr(known, "command", None):
         parser.print_help()
-        return 2
+        return 0 if any(a in ("-h", "--help") for a in argv) else 2
     module = importlib.import_module(known._module)
     sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
     module.add_arguments(sub_parser)

@@ -1,0 +1,377 @@
+"""Model assets: where they live, how they get there, whether they are usable.
+
+Cache folder: ``$LAM_HEAD_HOME``, else ``$XDG_CACHE_HOME/lam-head``, else
+``~/.cache/lam-head``. Layout::
+
+    assets.json                 manifest: what is installed, from where, how verified
+    LAM-20K/config.json         downloaded weights (HF 3DAIGC/LAM-20K)
+    LAM-20K/model.safetensors
+    lam_assets/...              extracted LAM_assets.tar (HF 3DAIGC/LAM-assets)
+    flame/<file>                a FLAME model given with --flame (copied)
+    downloads/                  .part files of interrupted downloads
+
+Weights given with ``--weights DIR`` are registered in place (2.4 GB is not
+copied). Downloads come only from the configured origin
+(``<origin>/<repo>/resolve/main/<file>``) and only after the licences were
+accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .core.atomic_write import atomic_path
+from .core.errors import BadInputError, CancelToken, LamHeadError
+
+DEFAULT_ORIGIN = "https://huggingface.co"
+WEIGHTS_REPO = "3DAIGC/LAM-20K"
+ASSETS_REPO = "3DAIGC/LAM-assets"
+ASSETS_ARCHIVE = "LAM_assets.tar"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FLAME_NAMES = ("flame2023.pkl", "flame2023_Open.pkl", "flame2023_no_jaw.pkl")
+EMBEDDING_NAME = "landmark_embedding_with_eyes.npy"
+
+FIX_WEIGHTS = "lam-head setup --accept-licences  (or: lam-head setup --weights DIR)"
+FIX_FLAME = "lam-head setup --accept-licences --lam-assets  (or: lam-head setup --flame FILE)"
+FIX_EMBEDDING = "lam-head setup --accept-licences --lam-assets  (or: lam-head setup --landmark-embedding FILE)"
+
+LICENCES = {
+    "weights": (
+        "LAM-20K model weights (3DAIGC/LAM-20K): Creative Commons Attribution-NonCommercial 4.0 "
+        "(CC BY-NC 4.0), https://creativecommons.org/licenses/by-nc/4.0/ - non-commercial use only."
+    ),
+    "flame": (
+        "FLAME model and LAM assets (3DAIGC/LAM-assets, contains FLAME 2023): the FLAME licence, "
+        "https://flame.is.tue.mpg.de/modellicense.html - non-commercial scientific research only. "
+        "For commercial use get FLAME 2023 Open (CC BY 4.0) from https://flame.is.tue.mpg.de and "
+        "register it with: lam-head setup --flame FILE"
+    ),
+}
+
+Progress = Callable[[str, float, str], None]
+
+
+class LicenceNotAccepted(LamHeadError):
+    code = "licence_not_accepted"
+
+
+# -- locations ------------------------------------------------------------------
+def home() -> Path:
+    """The asset cache folder (not created here)."""
+    env = os.environ.get("LAM_HEAD_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "lam-head"
+
+
+def manifest_path() -> Path:
+    return home() / "assets.json"
+
+
+def load_manifest() -> dict:
+    try:
+        data = json.loads(manifest_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_manifest(data: dict) -> None:
+    path = manifest_path()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def _record(key: str, entry: dict) -> None:
+    data = load_manifest()
+    data[key] = {**entry, "installed": _now()}
+    save_manifest(data)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- checks ----------------------------------------------------------------------
+def safetensors_header(path: str | os.PathLike) -> dict:
+    """The JSON header of a safetensors file (names, dtypes, shapes), stdlib only."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                raise ValueError("file too short")
+            (n,) = struct.unpack("<Q", raw)
+            if n > 100_000_000 or n > path.stat().st_size - 8:
+                raise ValueError("header length out of range")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (OSError, ValueError, struct.error) as exc:
+        raise BadInputError(f"{path}: not a valid safetensors file ({exc})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def check_weights_dir(folder: str | os.PathLike) -> None:
+    """Raise BadInputError unless ``folder`` holds config.json + model.safetensors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(f"weights folder not found: {folder} (it must contain {CONFIG_FILE} and {WEIGHTS_FILE})")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise BadInputError(f"{folder}: no {name} (a weights folder holds {CONFIG_FILE} and {WEIGHTS_FILE}, as in HF {WEIGHTS_REPO})")
+    read_config(folder)
+    safetensors_header(folder / WEIGHTS_FILE)
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise BadInputError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def checkpoint_has_flame(folder: str | os.PathLike) -> bool:
+    """Whether the checkpoint carries ``renderer.flame_model.*`` buffers."""
+    try:
+        keys = safetensors_header(Path(folder) / WEIGHTS_FILE)
+    except BadInputError:
+        return False
+    return any(k.startswith("renderer.flame_model.") for k in keys)
+
+
+def _weights_ok(folder: Path) -> bool:
+    try:
+        check_weights_dir(folder)
+        return True
+    except LamHeadError:
+        return False
+
+
+# -- what is installed ----------------------------------------------------------
+def installed_weights_dir() -> Path | None:
+    entry = load_manifest().get("weights") or {}
+    if entry.get("path") and _weights_ok(Path(entry["path"])):
+        return Path(entry["path"])
+    default = home() / "LAM-20K"
+    return default if _weights_ok(default) else None
+
+
+def _installed_file(key: str) -> Path | None:
+    entry = load_manifest().get(key) or {}
+    p = entry.get("path")
+    return Path(p) if p and Path(p).is_file() else None
+
+
+def installed_flame_file() -> Path | None:
+    return _installed_file("flame")
+
+
+def installed_landmark_embedding() -> Path | None:
+    return _installed_file("landmark_embedding")
+
+
+def status() -> list[dict[str, Any]]:
+    """One entry per asset: name, required, present, path, source, fix, detail."""
+    manifest = load_manifest()
+    out = []
+    wdir = installed_weights_dir()
+    w = manifest.get("weights") or {}
+    out.append({
+        "name": "weights", "required": True, "present": wdir is not None, "path": str(wdir) if wdir else None,
+        "source": w.get("source") if wdir else None, "verified": w.get("verified") if wdir else None,
+        "fix": None if wdir else FIX_WEIGHTS,
+        "detail": "LAM-20K config.json + model.safetensors",
+    })
+    flame = installed_flame_file()
+    in_ckpt = wdir is not None and checkpoint_has_flame(wdir)
+    out.append({
+        "name": "flame", "required": True, "present": flame is not None or in_ckpt,
+        "path": str(flame) if flame else (str(wdir / WEIGHTS_FILE) if in_ckpt else None),
+        "source": (manifest.get("flame") or {}).get("source") if flame else ("checkpoint buffers renderer.flame_model.*" if in_ckpt else None),
+        "verified": (manifest.get("flame") or {}).get("verified") if flame else None,
+        "fix": None if (flame or in_ckpt) else FIX_FLAME,
+        "detail": "FLAME 2023 model (file, or the buffers inside the checkpoint)",
+    })
+    emb = installed_landmark_embedding()
+    out.append({
+        "name": "landmark_embedding", "required": False, "present": emb is not None, "path": str(emb) if emb else None,
+        "source": (manifest.get("landmark_embedding") or {}).get("source") if emb else None, "verified": None,
+        "fix": None if emb else FIX_EMBEDDING,
+        "detail": "FLAME landmark embedding with eyes (optional: the fit has its own default)",
+    })
+    return out
+
+
+# -- licences ------------------------------------------------------------------
+def licences_accepted(which: list[str]) -> bool:
+    acc = load_manifest().get("licences") or {}
+    return all(k in acc for k in which)
+
+
+def record_licences(which: list[str]) -> None:
+    data = load_manifest()
+    acc = data.setdefault("licences", {})
+    for k in which:
+        acc[k] = _now()
+    save_manifest(data)
+
+
+# -- installing ------------------------------------------------------------------
+def _url(origin: str, repo: str, name: str) -> str:
+    return f"{origin.rstrip('/')}/{repo}/resolve/main/{name}"
+
+
+def fetch_weights(origin: str = DEFAULT_ORIGIN, *, force: bool = False, progress: Progress | None = None,
+                  cancel: CancelToken | None = None) -> list[str]:
+    """Download LAM-20K into the cache; returns one line per file saying what was verified."""
+    from .download import download
+
+    folder = home() / "LAM-20K"
+    lines = []
+    recorded = (load_manifest().get("weights") or {}).get("files") or {}
+    files = {}
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        dest = folder / name
+        if dest.is_file() and not force:
+            files[name] = recorded.get(name) or {"size": dest.stat().st_size}
+            lines.append(f"{name}: already present ({dest.stat().st_size} bytes; --force fetches it again)")
+            continue
+        res = download(_url(origin, WEIGHTS_REPO, name), dest, origin=origin, progress=progress, cancel=cancel)
+        files[name] = {"size": res.size, "sha256": res.sha256}
+        lines.append(f"{name}: {res.size} bytes, verified: {res.verified}")
+    check_weights_dir(folder)
+    _record("weights", {"path": str(folder), "source": _url(origin, WEIGHTS_REPO, ""), "files": files,
+                        "verified": "; ".join(lines)})
+    return lines
+
+
+def fetch_lam_assets(origin: str = DEFAULT_ORIGIN, *, progress: Progress | None = None,
+                     cancel: CancelToken | None = None) -> list[str]:
+    """Download and safely extract LAM_assets.tar; register FLAME and the embedding."""
+    from .archive import safe_extract
+    from .download import download
+
+    tar = home() / "downloads" / ASSETS_ARCHIVE
+    res = download(_url(origin, ASSETS_REPO, ASSETS_ARCHIVE), tar, origin=origin, progress=progress, cancel=cancel)
+    dest = home() / "lam_assets"
+    try:
+        written = safe_extract(tar, dest, progress=progress, cancel=cancel)
+    except BadInputError:
+        tar.unlink(missing_ok=True)  # unsafe or unreadable: do not keep it around
+        raise
+    lines = [f"{ASSETS_ARCHIVE}: {res.size} bytes, verified: {res.verified}; {len(written)} files extracted to {dest}"]
+    by_name = {p.name: p for p in written}
+    flame = next((by_name[n] for n in FLAME_NAMES if n in by_name), None)
+    if flame is None:
+        raise BadInputError(f"{ASSETS_ARCHIVE} holds no FLAME model ({', '.join(FLAME_NAMES)}); the archive layout changed?")
+    _record("flame", {"path": str(flame), "source": _url(origin, ASSETS_REPO, ASSETS_ARCHIVE), "verified": res.verified})
+    lines.append(f"FLAME: {flame}")
+    if EMBEDDING_NAME in by_name:
+        _record("landmark_embedding", {"path": str(by_name[EMBEDDING_NAME]), "source": _url(origin, ASSETS_REPO, ASSETS_ARCHIVE)})
+        lines.append(f"landmark embedding: {by_name[EMBEDDING_NAME]}")
+    tar.unlink(missing_ok=True)
+    return lines
+
+
+def register_weights(folder: str | os.PathLike) -> str:
+    folder = Path(folder).expanduser().resolve()
+    check_weights_dir(folder)
+    _record("weights", {"path": str(folder), "source": f"local folder {folder}", "verified": "config.json parsed, safetensors header read"})
+    return f"weights: registered {folder} (used in place, not copied)"
+
+
+def _copy_in(src: Path, sub: str) -> Path:
+    dest = home() / sub / src.name
+    if dest.resolve() != src.resolve():
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+    return dest
+
+
+def register_flame(file: str | os.PathLike) -> str:
+    """Check that ``file`` loads as a FLAME model, then copy it into the cache."""
+    from .flame import load_flame
+
+    src = Path(file).expanduser().resolve()
+    if not src.is_file():
+        raise BadInputError(f"FLAME file not found: {src}")
+    model = load_flame(src)  # raises BadInputError for anything that is not FLAME
+    dest = _copy_in(src, "flame")
+    _record("flame", {"path": str(dest), "source": f"local file {src}", "verified": "loaded as a FLAME model"})
+    n = getattr(model, "n_vertices", None) or getattr(getattr(model, "v_template", None), "shape", [None])[0]
+    return f"FLAME: copied {src.name} to {dest}" + (f" ({n} vertices)" if n else "")
+
+
+def register_landmark_embedding(file: str | os.PathLike) -> str:
+    from .fit import load_landmark_embedding
+
+    src = Path(file).expanduser().resolve()
+    if not src.is_file():
+        raise BadInputError(f"landmark embedding not found: {src}")
+    load_landmark_embedding(src)  # raises BadInputError when unreadable
+    dest = _copy_in(src, "flame")
+    _record("landmark_embedding", {"path": str(dest), "source": f"local file {src}", "verified": "loaded"})
+    return f"landmark embedding: copied {src.name} to {dest}"
+
+
+def run_setup(
+    *,
+    accept_licences: bool = False,
+    lam_assets: bool = False,
+    weights: str | os.PathLike | None = None,
+    flame: str | os.PathLike | None = None,
+    landmark_embedding: str | os.PathLike | None = None,
+    origin: str | None = None,
+    force: bool = False,
+    confirm: Callable[[list[str]], bool] | None = None,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+) -> list[str]:
+    """``lam-head setup`` (CLI and server): register the local files given; download
+    LAM-20K when no local file was given (unless installed), and the asset archive
+    when ``lam_assets``. Downloads need the licences accepted: ``accept_licences``,
+    an earlier acceptance recorded in the manifest, or ``confirm(licence texts)``
+    returning True. Returns one line per action."""
+    origin = (origin or DEFAULT_ORIGIN).rstrip("/")
+    lines: list[str] = []
+    if weights:
+        lines.append(register_weights(weights))
+    if flame:
+        lines.append(register_flame(flame))
+    if landmark_embedding:
+        lines.append(register_landmark_embedding(landmark_embedding))
+    download_weights = not (weights or flame or landmark_embedding)
+    if download_weights and installed_weights_dir() is not None and not force:
+        lines.append(f"weights: already installed in {installed_weights_dir()} (--force downloads again)")
+        download_weights = False
+    needed = (["weights"] if download_weights else []) + (["flame"] if lam_assets else [])
+    if needed and not accept_licences and not licences_accepted(needed):
+        texts = [LICENCES[k] for k in needed]
+        if confirm is None or not confirm(texts):
+            raise LicenceNotAccepted(
+                "the licences were not accepted, nothing was downloaded. " + " ".join(texts)
+                + " If you agree, run: lam-head setup --accept-licences" + (" --lam-assets" if lam_assets else "")
+            )
+    if needed:
+        record_licences(needed)
+    if download_weights:
+        lines += fetch_weights(origin, force=force, progress=progress, cancel=cancel)
+    if lam_assets:
+        lines += fetch_lam_assets(origin, progress=progress, cancel=cancel)
+    return lines

@@ -1,0 +1,85 @@
+"""``lam-head create PHOTO -o avatar.npz``: photo -> avatar file (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+HELP = "photo -> avatar file (the main job)"
+
+
+class ProgressBar:
+    """One line on stderr: ``[#####-----]  45% stage  message`` (plain lines when not a terminal)."""
+
+    def __init__(self, label: str = "", stream=None, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.label = label
+        self.width = width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_stage: str | None = None
+        self._last_t = 0.0
+        self._shown = False
+        self._next_step = 0.0
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        frac = min(1.0, max(0.0, float(fraction)))
+        if self.tty:
+            if now - self._last_t < 0.1 and stage == self._last_stage and frac < 1.0:
+                return
+            filled = int(round(frac * self.width))
+            text = f"\r[{'#' * filled}{'-' * (self.width - filled)}] {frac * 100:5.1f}% {stage:<8} {message}"[:120]
+            self.stream.write(text.ljust(100))
+            self._shown = True
+        elif stage != self._last_stage or frac >= self._next_step:
+            # Not a terminal (a log, the add-on reading stderr): a line per stage and per 5 %.
+            self.stream.write(f"{self.label + ': ' if self.label else ''}{stage} {frac * 100:.0f}% {message}".rstrip() + "\n")
+            self._next_step = (int(frac * 20) + 1) / 20
+        self.stream.flush()
+        self._last_stage, self._last_t = stage, now
+
+    def done(self) -> None:
+        if self.tty and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._shown = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("photo", help="portrait photo (JPEG/PNG)")
+    parser.add_argument("-o", "--output", required=True, help="avatar file to write (.npz)")
+    parser.add_argument("--ply", help="also write the canonical Gaussians as a standard 3DGS PLY")
+    parser.add_argument("--preview", help="also write a preview render (PNG)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fast", "bf16", "fp16"),
+                        help="network precision (fast: bf16 on GPU, fp32 elsewhere)")
+    parser.add_argument("--weights", metavar="DIR", help="weights folder (config.json + model.safetensors) instead of the installed one")
+    parser.add_argument("--flame", metavar="FILE", help="FLAME model (official .pkl or .npz) instead of the installed one")
+    parser.add_argument("--debug-dir", metavar="DIR", help="save the prepared network input and the FLAME fit here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or timings")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import STAGES, create_avatar, overall_fraction
+
+    bar = None if args.quiet else ProgressBar()
+    progress = None if bar is None else (lambda stage, f, msg="": bar(stage, overall_fraction(stage, f), msg))
+    try:
+        result = create_avatar(
+            args.photo, args.output, weights=args.weights, flame=args.flame, device=args.device,
+            precision=args.precision, ply=args.ply, preview=args.preview, debug_dir=args.debug_dir,
+            progress=progress, on_warning=lambda m: print(f"warning: {m}", file=sys.stderr),
+        )
+    finally:
+        if bar is not None:
+            bar.done()
+    if not args.quiet:
+        order = [s for s, _ in STAGES]
+        parts = [f"{k} {v:.2f}s" for k, v in sorted(result.timings.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
+        print(f"timings: {', '.join(parts)}; total {sum(result.timings.values()):.2f}s", file=sys.stderr)
+    print(result.path)
+    for extra in (result.ply, result.preview):
+        if extra is not None:
+            print(extra)
+    return 0

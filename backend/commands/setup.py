@@ -1,0 +1,60 @@
+"""``lam-head setup``: fetch or register the model assets (LAM weights, FLAME).
+
+Without file options it downloads LAM-20K (and with ``--lam-assets`` LAM's
+asset archive with FLAME) from ``--origin`` after the licences are accepted.
+``--weights DIR`` / ``--flame FILE`` / ``--landmark-embedding FILE`` register
+local files instead (no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "fetch or register the model assets (LAM weights, FLAME)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accept-licences", action="store_true",
+                        help="accept the licences of what is downloaded (CC BY-NC 4.0 weights; FLAME licence) without asking")
+    parser.add_argument("--lam-assets", action="store_true",
+                        help="also download LAM's asset archive (FLAME 2023, landmark embedding; FLAME licence)")
+    parser.add_argument("--weights", metavar="DIR", help="register a local folder with config.json + model.safetensors")
+    parser.add_argument("--flame", metavar="FILE", help="register a local FLAME model (.pkl, e.g. FLAME 2023 Open)")
+    parser.add_argument("--landmark-embedding", metavar="FILE", help="register a local landmark_embedding_with_eyes.npy")
+    parser.add_argument("--origin", default=os.environ.get("LAM_HEAD_ORIGIN"),
+                        help="download origin (default $LAM_HEAD_ORIGIN or https://huggingface.co)")
+    parser.add_argument("--force", action="store_true", help="download again even if present")
+
+
+def _prompt(texts: list[str]) -> bool:
+    """Show the licences; ask on a terminal (no terminal: not accepted)."""
+    for t in texts:
+        print(f"* {t}", file=sys.stderr)
+    if not sys.stdin.isatty():
+        return False
+    answer = input("Do you accept these licences? Type 'yes' to continue: ").strip().lower()
+    return answer in ("yes", "y")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import assets
+    from .create import ProgressBar
+
+    bar = ProgressBar("download")
+    print(f"asset folder: {assets.home()}", file=sys.stderr)
+    try:
+        lines = assets.run_setup(
+            accept_licences=args.accept_licences, lam_assets=args.lam_assets, weights=args.weights,
+            flame=args.flame, landmark_embedding=args.landmark_embedding, origin=args.origin, force=args.force,
+            confirm=_prompt, progress=bar,
+        )
+    finally:
+        bar.done()
+    for line in lines:
+        print(line)
+    for a in assets.status():
+        if a["required"] and not a["present"]:
+            print(f"still missing: {a['name']} ({a['detail']}); run: {a['fix']}")
+    return 0

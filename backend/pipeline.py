@@ -1,0 +1,351 @@
+"""Photo -> avatar file: the main job, shared by ``lam-head create`` and ``serve``.
+
+Stages (each timed, each reported through ``progress(stage, fraction, msg)``
+with ``fraction`` of that stage): decode, detect, matte (portrait
+preparation), fit (FLAME to landmarks), rig (shaped subdivided FLAME rig, the
+network's query points), load (weights), network (LAM forward pass), write.
+Assets are resolved before any work so a missing one fails at once with the
+command that fixes it. Outputs are written atomically; on failure or cancel
+nothing this run created is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, assets
+from .core.atomic_write import atomic_path
+from .core.errors import BadInputError, CancelToken, LamHeadError, MissingAssetError
+
+log = logging.getLogger("lam_head.pipeline")
+
+Progress = Callable[[str, float, str], None]
+
+# Stage order and share of the whole job (for one overall progress bar).
+STAGES: tuple[tuple[str, float], ...] = (
+    ("decode", 0.02), ("detect", 0.08), ("matte", 0.08), ("fit", 0.17),
+    ("rig", 0.05), ("load", 0.15), ("network", 0.40), ("write", 0.05),
+)
+_STAGE_START: dict[str, float] = {}
+_acc = 0.0
+for _name, _w in STAGES:
+    _STAGE_START[_name] = _acc
+    _acc += _w
+_STAGE_WEIGHT = dict(STAGES)
+# Callees' own sub-stages: (our stage, start, end) within it, so progress never runs backwards.
+_SUBSTAGES = {"encoder": ("network", 0.0, 0.45), "transformer": ("network", 0.45, 0.95), "heads": ("network", 0.95, 1.0)}
+PRECISIONS = ("fp32", "fast", "bf16", "fp16")
+
+LICENCES = {
+    "weights": "LAM-20K weights: CC BY-NC 4.0 (non-commercial)",
+    "flame": "FLAME model: see the licence of the FLAME file used",
+}
+
+
+def overall_fraction(stage: str, fraction: float) -> float:
+    """Map a stage's own fraction to the whole job's (unknown stages: unchanged)."""
+    if stage not in _STAGE_START:
+        return min(1.0, max(0.0, fraction))
+    f = min(1.0, max(0.0, float(fraction)))
+    return min(1.0, (_STAGE_START[stage] + f * _STAGE_WEIGHT[stage]) / _acc)
+
+
+@dataclass
+class CreateResult:
+    path: Path
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    ply: Path | None = None
+    preview: Path | None = None
+
+
+@dataclass
+class ResolvedAssets:
+    """Where this run's weights and FLAME come from (decided before any work)."""
+
+    weights_dir: Path
+    config: dict
+    flame_path: Path | None  # None: FLAME buffers inside the checkpoint
+    flame_source: str
+    landmark_embedding: Path | None
+
+
+def resolve_assets(weights: str | os.PathLike | None, flame: str | os.PathLike | None) -> ResolvedAssets:
+    """Pick weights and FLAME: explicit paths, else the setup cache, else (FLAME
+    only) the buffers in the checkpoint. Raises MissingAssetError with the fix."""
+    if weights is not None:
+        wdir = Path(weights).expanduser()
+        assets.check_weights_dir(wdir)  # BadInputError naming the problem
+    else:
+        wdir = assets.installed_weights_dir()
+        if wdir is None:
+            raise MissingAssetError(
+                "the LAM-20K weights are not installed; run: lam-head setup --accept-licences "
+                "(or, with the files already downloaded: lam-head setup --weights DIR)"
+            )
+    config = assets.read_config(wdir)
+    if flame is not None:
+        fpath = Path(flame).expanduser()
+        if not fpath.is_file():
+            raise BadInputError(f"FLAME file not found: {fpath}")
+        source = f"--flame {fpath}"
+    else:
+        fpath = assets.installed_flame_file()
+        source = f"setup cache ({fpath})" if fpath else ""
+        if fpath is None:
+            if not assets.checkpoint_has_flame(wdir):
+                raise MissingAssetError(
+                    "no FLAME model: the checkpoint has no renderer.flame_model.* buffers and none is installed; "
+                    "run: lam-head setup --accept-licences --lam-assets (or: lam-head setup --flame FILE, "
+                    "e.g. FLAME 2023 Open from https://flame.is.tue.mpg.de)"
+                )
+            source = f"checkpoint buffers ({wdir / assets.WEIGHTS_FILE})"
+    return ResolvedAssets(wdir, config, fpath, source, assets.installed_landmark_embedding())
+
+
+class _Stages:
+    """Times stages and forwards progress; ``enter`` closes the previous stage."""
+
+    def __init__(self, progress: Progress | None, cancel: CancelToken):
+        self.progress = progress
+        self.cancel = cancel
+        self.timings: dict[str, float] = {}
+        self._stage: str | None = None
+        self._t0 = 0.0
+
+    def enter(self, stage: str, message: str = "") -> None:
+        self.close()
+        self.cancel.check()
+        self._stage, self._t0 = stage, time.perf_counter()
+        self.report(stage, 0.0, message)
+
+    def close(self) -> None:
+        if self._stage is not None:
+            self.timings[self._stage] = self.timings.get(self._stage, 0.0) + time.perf_counter() - self._t0
+            self.report(self._stage, 1.0, "")
+            self._stage = None
+
+    def report(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(stage, fraction, message)
+
+    def sub(self, default_stage: str) -> Progress:
+        """A progress callback for a callee; its own stage names switch our stage
+        when they are ours (so e.g. detect/matte inside preparation are timed)."""
+
+        def cb(stage: str, fraction: float, message: str = "") -> None:
+            self.cancel.check()
+            if stage in _SUBSTAGES:
+                stage, lo, hi = _SUBSTAGES[stage]
+                fraction = lo + (hi - lo) * min(1.0, max(0.0, float(fraction)))
+            name = stage if stage in _STAGE_WEIGHT else default_stage
+            if name != self._stage and name in _STAGE_WEIGHT and _STAGE_START[name] > _STAGE_START.get(self._stage or "", -1):
+                self.enter(name, message)
+            self.report(self._stage or name, fraction, message)
+
+        return cb
+
+
+def create_avatar(
+    image: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    flame: str | os.PathLike | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    ply: str | os.PathLike | None = None,
+    preview: str | os.PathLike | None = None,
+    debug_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> CreateResult:
+    """Run the whole job; write ``output`` (``.npz``) and optional PLY / preview PNG.
+
+    Raises LamHeadError subclasses (BadInputError, NoFaceError,
+    MissingAssetError, CancelledError) with a message saying what to do.
+    """
+    cancel = cancel or CancelToken()
+    image, output = Path(image).expanduser(), Path(output).expanduser()
+    if output.suffix.lower() != ".npz":
+        raise BadInputError(f"the avatar file must end in .npz: {output}")
+    if precision not in PRECISIONS:
+        raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not image.is_file():
+        raise BadInputError(f"photo not found: {image}")
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        if msg not in warnings:
+            warnings.append(msg)
+            log.info("warning: %s", msg)
+            if on_warning is not None:
+                on_warning(msg)
+
+    res = resolve_assets(weights, flame)
+    n_shape = int(res.config.get("shape_param_dim", 300))
+    n_expr = int(res.config.get("expr_param_dim", 100))
+    levels = int(res.config.get("flame_subdivide_num", 1))
+
+    from . import fit as fit_mod
+    from . import flame as flame_mod
+    from . import network, preprocess
+    from .avatar_assembly import assemble_avatar
+    from .core import avatar_file
+
+    stages = _Stages(progress, cancel)
+    created: list[Path] = []
+    try:
+        stages.enter("decode", image.name)
+        rgb = preprocess.load_image(image)
+        image_sha = hashlib.sha256(image.read_bytes()).hexdigest()
+
+        stages.enter("detect")
+        prepared = preprocess.prepare_portrait(rgb, progress=stages.sub("detect"), cancel=cancel,
+                                               debug_dir=debug_dir)
+        for w in prepared.warnings:
+            warn(w)
+        if debug_dir is not None:
+            _save_debug(Path(debug_dir), prepared)
+
+        stages.enter("fit", "loading FLAME")
+        flame_model = _load_flame(flame_mod, network, res, n_shape)
+        embedding = fit_mod.load_landmark_embedding(res.landmark_embedding) if res.landmark_embedding else None
+        size = int(prepared.image.shape[0])
+        fitted = fit_mod.fit_flame(flame_model, prepared.landmarks68, size, embedding=embedding,
+                                   progress=stages.sub("fit"), cancel=cancel, n_shape=n_shape, n_expr=n_expr)
+        for w in fitted.warnings:
+            warn(w)
+        if debug_dir is not None:
+            _save_fit(Path(debug_dir), fitted)
+
+        stages.enter("rig")
+        rig = flame_mod.build_rig(flame_model, fitted.betas, levels=levels, n_expr=n_expr)
+
+        stages.enter("load", res.weights_dir.name)
+        dev = network.select_device(device)
+        model, report = network.load_lam(res.weights_dir, device=dev)
+        for note in report.notes:
+            log.info("weights: %s", note)
+
+        stages.enter("network", f"{rig.template.shape[0]} points on {dev}")
+        pred = network.predict(model, prepared.image, rig.template, precision=precision,
+                               progress=stages.sub("network"), cancel=cancel)
+        del model
+
+        stages.enter("write")
+        meta = {
+            "model": res.config.get("model_name") or res.weights_dir.name,
+            "weights_dir": str(res.weights_dir),
+            "flame_source": res.flame_source,
+            "source_image": image.name,
+            "source_image_sha256": image_sha,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "backend_version": __version__,
+            "device": str(dev),
+            "precision": precision,
+            "fit_rms_px": None if math.isnan(fitted.rms_px) else float(fitted.rms_px),  # NaN: no fit ran
+            "licences": LICENCES,
+        }
+        avatar = assemble_avatar(rig, pred.xyz, pred.rgb, pred.opacity, pred.scale, pred.rotation, meta)
+        avatar_file.to_arrays(avatar)  # validate before anything is written
+        target = output
+        try:
+            if ply is not None:
+                cancel.check()
+                target = Path(ply)
+                created.append(_write_ply(target, avatar))
+            if preview is not None:
+                cancel.check()
+                target = Path(preview)
+                path = _write_preview(target, avatar, warn)
+                if path is not None:
+                    created.append(path)
+            cancel.check()
+            target = output
+            avatar_file.save_avatar(output, avatar)
+            created.append(output)
+        except OSError as exc:
+            raise BadInputError(f"cannot write {target}: {exc.strerror or exc}; choose another output folder") from None
+        stages.close()
+    except BaseException:
+        for p in created:
+            p.unlink(missing_ok=True)
+        raise
+    return CreateResult(output, stages.timings, warnings,
+                        Path(ply) if ply is not None else None,
+                        Path(preview) if preview is not None and Path(preview) in created else None)
+
+
+def _load_flame(flame_mod: Any, network: Any, res: ResolvedAssets, n_shape: int):
+    if res.flame_path is not None:
+        return flame_mod.load_flame(res.flame_path, n_shape=n_shape)
+    buffers = network.read_flame_buffers(res.weights_dir)
+    if not buffers:
+        raise MissingAssetError(
+            "the checkpoint has no usable FLAME buffers; run: lam-head setup --accept-licences --lam-assets "
+            "(or: lam-head setup --flame FILE)"
+        )
+    return flame_mod.FlameModel.from_arrays(buffers, n_shape=n_shape)  # LAM buffer names are understood
+
+
+def _write_ply(path: Path, avatar) -> Path:
+    from .core import ply as ply_mod
+
+    ply_mod.write_3dgs_ply(path, avatar.xyz, avatar.rgb, avatar.opacity, avatar.scale, avatar.rotation)  # atomic itself
+    return path
+
+
+def _write_preview(path: Path, avatar, warn: Callable[[str], None]) -> Path | None:
+    try:
+        from .core.rig import FlamePose
+        from .render import default_head_camera, render_avatar
+    except ImportError as exc:
+        warn(f"preview skipped: the renderer is not available ({exc})")
+        return None
+    from PIL import Image
+
+    cam = default_head_camera(avatar.xyz, 512)
+    out = render_avatar(avatar, FlamePose.zeros(1, avatar.n_expr), cam, background=(1.0, 1.0, 1.0))
+    rgb = out.rgb[0] if getattr(out.rgb, "ndim", 3) == 4 else out.rgb
+    import numpy as np
+
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+def _save_debug(folder: Path, prepared) -> None:
+    """The network's exact input (crop/matte/landmark PNGs come from preprocess itself)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "input_504.npy", np.asarray(prepared.image, dtype=np.float32))
+    np.save(folder / "landmarks68.npy", np.asarray(prepared.landmarks68, dtype=np.float32))
+    np.save(folder / "landmarks478.npy", np.asarray(prepared.landmarks478, dtype=np.float32))
+    (folder / "prepare.json").write_text(json.dumps({
+        "warnings": list(prepared.warnings), "head_crop": list(prepared.head_crop),
+        "input_crop": list(prepared.input_crop), "timings": prepared.timings}, indent=1))
+
+
+def _save_fit(folder: Path, fitted) -> None:
+    import numpy as np
+
+    arrays = {k: np.asarray(getattr(fitted, k)) for k in ("betas", "expr", "rotation", "neck", "jaw", "translation", "focal", "rms_px")
+              if getattr(fitted, k, None) is not None}
+    np.savez(folder / "flame_fit.npz", **arrays)
+
+
+__all__ = ["CreateResult", "create_avatar", "overall_fraction", "resolve_assets", "STAGES", "LamHeadError"]
