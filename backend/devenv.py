@@ -2,6 +2,7 @@
 
     python3 -m backend.devenv          # create/refresh .venv (torch CPU, backend, bpy 5.0, test tools)
     python3 -m backend.devenv test     # ... plus .venv-bpy45, then ruff and the whole test suite
+    python3 -m backend.devenv build    # the Blender extension zip: dist/lam_head-<version>.zip
 
 Both environments live in the repo root and are reused when their inputs did
 not change. The Blender tests run twice: under bpy 5.0 (in .venv) and under
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import environment
@@ -36,6 +38,40 @@ def setup_bpy45() -> Path:
     return environment.install(
         BPY45_VENV, BPY45_REQUIREMENTS, with_torch=False, with_mediapipe=False
     )
+
+
+def blender_ext_script(python: Path | str) -> Path:
+    """``blender_ext.py`` (Blender's extension build/validate tool) from the bpy wheel installed for ``python``."""
+    probe = "import importlib.util as u; s = u.find_spec('bpy'); print(s.submodule_search_locations[0] if s else '')"
+    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    if not out:
+        raise environment.EnvironmentError_(f"bpy is not installed for {python}; run `python3 -m backend.devenv` first")
+    found = sorted(Path(out).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    if not found:
+        raise environment.EnvironmentError_(f"blender_ext.py not found inside the bpy package at {out}")
+    return found[-1]
+
+
+def build_extension(output_dir: Path | str | None = None, python: Path | str | None = None, log=print) -> Path:
+    """Build and validate the extension zip from the repo root (the manifest's
+    ``paths_exclude_pattern`` keeps tests, bench, caches out). Returns its path."""
+    py = Path(python) if python else environment.venv_python(MAIN_VENV)
+    out_dir = Path(output_dir) if output_dir else ROOT / "dist"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tool = blender_ext_script(py)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as tmp:
+        cmd = [str(py), str(tool), "build", "--source-dir", str(ROOT), "--output-dir", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        zips = sorted(Path(tmp).glob("*.zip"))
+        if res.returncode != 0 or len(zips) != 1:
+            raise environment.EnvironmentError_(f"building the extension failed:\n{res.stdout}{res.stderr}")
+        res = subprocess.run([str(py), str(tool), "validate", str(zips[0])], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise environment.EnvironmentError_(f"the built extension does not validate:\n{res.stdout}{res.stderr}")
+        final = out_dir / zips[0].name
+        os.replace(zips[0], final)
+    log(f"built {final}")
+    return final
 
 
 def _step(cmd: list[str], env: dict[str, str] | None = None) -> int:
@@ -69,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args[0] == "test":
             return run_tests(args[1:])
+        if args[0] == "build" and len(args) == 1:
+            build_extension()
+            return 0
     except environment.EnvironmentError_ as exc:
         print(f"set-up failed: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("panel",)
+_MODULES = ("preferences", "ops_import", "ops_controls", "ops_create", "ops_export", "panel")
 
 
 def _modules():

@@ -1,7 +1,9 @@
-"""The backend's numpy-only core, as the add-on sees it.
+"""The backend's numpy/stdlib-only modules, as the add-on sees it.
 
 The one place the add-on reaches across into ``backend/``: everything else in
-``lam_blender`` imports from here.
+``lam_blender`` imports from here (never torch: only ``backend.core`` and the
+stdlib-only environment/assets helpers).
 """
 
-from ..backend.core import avatar_file, errors  # noqa: F401
+from ..backend import assets, environment  # noqa: F401
+from ..backend.core import avatar_file, client, errors, ply, splat_frames  # noqa: F401

@@ -30,3 +30,28 @@ def pose_key(i: int) -> str:
 # Custom properties on the mesh object
 PROP_AVATAR = "lam_head_avatar"  # marks an avatar mesh; value: JSON of the avatar's meta
 PROP_JOINT_NAMES = "lam_joint_names"  # avatar joint names, in order
+
+# Slider ranges (KeyBlock.value is clamped to them, drivers included): pose
+# features are entries of R - I, so they lie in [-2, 2].
+EXPR_SLIDER_RANGE = (-3.0, 3.0)
+POSE_SLIDER_RANGE = (-2.0, 2.0)
+
+# Objects the importer creates (collection and mesh object take the avatar's name)
+ARMATURE_SUFFIX = "_rig"
+ARMATURE_MODIFIER = "LAM Armature"
+BONE_LENGTH = 0.02  # metres, along +Y of FLAME space (identity rest orientation)
+BONE_ROTATION_MODE = "XYZ"
+
+# More custom properties on the mesh object (raw values for lossless export)
+PROP_PARENTS = "lam_parents"  # J ints
+PROP_JOINT_EXPR_DIRS = "lam_joint_expr_dirs"  # J*3*E floats, row-major (J,3,E)
+PROP_SHAPE_PARAMS = "lam_shape_params"  # S floats
+PROP_N_EXPR = "lam_n_expr"  # E
+
+
+def bone_name(joint_name: str) -> str:
+    return BONE_NAMES.get(joint_name, joint_name)
+
+
+def lbs_attr(joint_name: str) -> str:
+    return f"{ATTR_LBS_PREFIX}{joint_name}"

@@ -1,0 +1,143 @@
+"""Splat figures in Blender: sequence export speed and the node path's viewport cost.
+
+    .venv/bin/python bench/bench_blender_export.py [--points 20018] [--frames 60] [--faces 40000]
+
+Headless bpy with hermetic user folders, the extension zip built from this
+checkout, a synthetic avatar (E = 100 expression keys + 36 pose correctives,
+random faces over the points) animated with keyed expressions and jaw/neck.
+
+* export: ``bpy.ops.lam_head.export_splat_sequence`` over the frames (frame_set,
+  evaluated mesh, R(A) rotations, PLY write), frames/s; plus the split of one
+  frame's time between Blender evaluation, rotation maths and writing.
+* viewport: median ``scene.frame_set`` time per frame (depsgraph evaluation:
+  drivers, shape keys, armature [, splat nodes]) with the splat modifier on vs off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+_USER = Path(tempfile.mkdtemp(prefix="lam-head-bench-export-"))
+for _k in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES", "RESOURCES"):
+    (_USER / _k.lower()).mkdir()
+    os.environ[f"BLENDER_USER_{_k}"] = str(_USER / _k.lower())
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+from factories.avatar import make_avatar  # noqa: E402
+
+from backend import devenv  # noqa: E402
+from backend.core import splat_frames  # noqa: E402
+from backend.core.avatar_file import save_avatar  # noqa: E402
+
+
+def install() -> None:
+    zip_path = devenv.build_extension(_USER / "dist", python=sys.executable, log=lambda _m: None)
+    res = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
+    assert res == {"FINISHED"}, res
+
+
+def animate(mesh_obj, arm_obj, frames: int, rng) -> None:
+    keys = [k for k in mesh_obj.data.shape_keys.key_blocks if k.name.startswith("expr_")][:10]
+    for f in range(1, frames + 1, 5):
+        for k in keys:
+            k.value = float(rng.uniform(-1.5, 1.5))
+            k.keyframe_insert("value", frame=f)
+        for name in ("jaw", "neck"):
+            pb = arm_obj.pose.bones[name]
+            pb.rotation_euler = tuple(rng.normal(scale=0.15, size=3))
+            pb.keyframe_insert("rotation_euler", frame=f)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--points", type=int, default=20018)
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--faces", type=int, default=40000)
+    args = p.parse_args()
+
+    install()
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    import addon_utils
+
+    addon_utils.enable("bl_ext.user_default.lam_head", default_set=True)
+    tmp = Path(tempfile.mkdtemp(prefix="lam-head-bench-export-data-"))
+    avatar = make_avatar(n_points=args.points, n_expr=100, n_faces=args.faces, seed=0)
+    path = save_avatar(tmp / "avatar.npz", avatar)
+    assert bpy.ops.lam_head.import_avatar(filepath=str(path)) == {"FINISHED"}
+    mesh_obj = bpy.context.view_layer.objects.active
+    arm_obj = mesh_obj.parent
+    animate(mesh_obj, arm_obj, args.frames, np.random.default_rng(0))
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, args.frames
+    print(f"avatar: {args.points} points, {len(mesh_obj.data.polygons)} faces, "
+          f"{len(mesh_obj.data.shape_keys.key_blocks) - 1} shape keys, {args.frames} frames; bpy {bpy.app.version_string}")
+
+    out = tmp / "seq"
+    t0 = time.perf_counter()
+    assert bpy.ops.lam_head.export_splat_sequence(directory=str(out), frame_start=1, frame_end=args.frames) == {"FINISHED"}
+    dt = time.perf_counter() - t0
+    size_mb = sum(f.stat().st_size for f in out.glob("frame_*.ply")) / args.frames / 2**20
+    print(f"export: {args.frames / dt:.1f} frames/s ({1e3 * dt / args.frames:.1f} ms/frame incl. canonical.ply "
+          f"and set-up; {size_mb:.2f} MB per frame)")
+
+    # Split of one frame's time (splat modifier off, as during the export).
+    from importlib import import_module
+
+    ops_export = import_module("bl_ext.user_default.lam_head.lam_blender.ops_export")
+    job = ops_export.SplatSequenceExport(scene, mesh_obj, tmp / "split", 1, args.frames, write_canonical=False)
+    job.begin()
+    t_eval, t_math, t_write = [], [], []
+    try:
+        co = np.empty(args.points * 3, np.float32)
+        for f in range(1, args.frames + 1):
+            t = time.perf_counter()
+            scene.frame_set(f)
+            mesh = mesh_obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+            mesh.vertices.foreach_get("co", co)
+            bones = job.bone_matrices()
+            t1 = time.perf_counter()
+            data = job._writer.frame(co.reshape(-1, 3), bones)
+            t2 = time.perf_counter()
+            from backend.core import ply
+
+            ply.write_vertex_array(tmp / "split" / splat_frames.frame_filename(f), data)
+            t3 = time.perf_counter()
+            t_eval.append(t1 - t)
+            t_math.append(t2 - t1)
+            t_write.append(t3 - t2)
+    finally:
+        job.end()
+    med = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+    print(f"export split (median ms/frame): Blender evaluation + read {med(t_eval):.2f}, "
+          f"R(A) rotations + columns {med(t_math):.2f}, PLY write {med(t_write):.2f}")
+
+    # Viewport cost of the node path: depsgraph evaluation per frame with the modifier on / off.
+    mod = mesh_obj.modifiers["LAM Splats"]
+    splat = import_module("bl_ext.user_default.lam_head.lam_blender.splat")
+    for shown, follow in ((True, True), (True, False), (False, True), (True, True), (True, False), (False, True)):
+        mod.show_viewport = shown
+        splat.set_inputs(mod, **{"Follow Deformation": follow})
+        scene.frame_set(1)
+        times = []
+        for f in range(2, args.frames + 1):
+            t = time.perf_counter()
+            scene.frame_set(f)
+            times.append(time.perf_counter() - t)
+        label = ("with splat nodes, rotations follow" if follow else "with splat nodes, static rotations") if shown \
+            else "without splat nodes"
+        print(f"viewport frame_set {label:36s}: median {med(times):.2f} ms/frame")
+    print("(figures on a shared 2-core machine, under contention from other jobs)")
+
+
+if __name__ == "__main__":
+    main()
