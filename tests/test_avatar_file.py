@@ -224,3 +224,11 @@ def test_assemble_refuses_mismatched_gaussians():
     g["opacity"] = g["opacity"] * 3
     with pytest.raises(AvatarFileError, match="opacity"):
         assemble_avatar(r, r.template, meta={}, **g)
+
+
+def test_meta_must_be_strict_json(tmp_path):
+    avatar = make_avatar()
+    avatar.meta = {"fit_rms_px": float("nan")}
+    with pytest.raises(AvatarFileError, match="meta"):
+        save_avatar(tmp_path / "a.npz", avatar)
+    assert not list(tmp_path.iterdir())

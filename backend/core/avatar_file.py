@@ -221,7 +221,10 @@ def to_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
         if f.name == "joint_names":
             arrays[f.name] = np.array(list(value), dtype=str)
         elif f.name == "meta":
-            arrays[f.name] = np.array(json.dumps(value, sort_keys=True))
+            try:  # strict JSON: NaN/Infinity would not be readable by other tools
+                arrays[f.name] = np.array(json.dumps(value, sort_keys=True, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise AvatarFileError("meta", f"is not JSON-serialisable ({exc})") from None
         else:
             arrays[f.name] = np.asarray(value)
     checked = validate(arrays)  # refuse to write what we would refuse to read
