@@ -21,9 +21,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "blender")]
 
+from factories.avatar import make_avatar  # noqa: E402
+
 from backend.core.avatar_file import save_avatar  # noqa: E402
 from backend.render import PinholeCamera, render_gaussians  # noqa: E402
-from factories.avatar import make_avatar  # noqa: E402
 
 SIZE = 320
 
@@ -64,7 +65,6 @@ def main() -> int:
         )
         info = json.loads(out.stdout.strip().splitlines()[-1])
         import bpy  # after the job: reading the EXR needs Blender's image loader
-
         from eevee_render_job import read_exr
 
         cycles = read_exr(bpy, str(exr))
