@@ -172,3 +172,95 @@ def test_bad_requests_are_refused_clearly(lam, avatar_file, tmp_path):
     with pytest.raises(RuntimeError, match="poll"):
         bpy.ops.lam_head.export_splat_sequence(directory=str(tmp_path), frame_start=1, frame_end=1)
     assert any("_menu_export" in getattr(f, "__name__", "") for f in bpy.types.TOPBAR_MT_file_export._dyn_ui_initialize())
+
+
+def _animate_with_driver_and_nla(mesh_obj, arm_obj):
+    """expr_2 driven by a user driver (an animated Empty's X location); the jaw and expr_0
+    animated only through NLA strips (no active actions)."""
+    empty = bpy.data.objects.new("driver_source", None)
+    bpy.context.scene.collection.objects.link(empty)
+    for frame, x in ((1, -0.3), (6, 0.9)):
+        empty.location.x = x
+        empty.keyframe_insert("location", index=0, frame=frame)
+    fcurve = mesh_obj.data.shape_keys.key_blocks["expr_002"].driver_add("value")
+    var = fcurve.driver.variables.new()
+    var.name, var.type = "x", "TRANSFORMS"
+    var.targets[0].id = empty
+    var.targets[0].transform_type = "LOC_X"
+    fcurve.driver.type = "SCRIPTED"
+    fcurve.driver.expression = "2*x - 0.1"
+    jaw = arm_obj.pose.bones["jaw"]
+    jaw.rotation_mode = "XYZ"
+    for frame, angle in ((1, 0.0), (6, 0.5)):
+        jaw.rotation_euler = (angle, 0.1 * angle, 0.0)
+        jaw.keyframe_insert("rotation_euler", frame=frame)
+    expr0 = mesh_obj.data.shape_keys.key_blocks["expr_000"]
+    for frame, value in ((1, 1.5), (6, -1.0)):
+        expr0.value = value
+        expr0.keyframe_insert("value", frame=frame)
+    for owner in (arm_obj, mesh_obj.data.shape_keys):
+        ad = owner.animation_data
+        action, ad.action = ad.action, None
+        strip = ad.nla_tracks.new().strips.new("strip", 2, action)  # starts at frame 2: shifted by one frame
+        if hasattr(strip, "action_slot") and strip.action_slot is None:
+            strip.action_slot = action.slots[0]
+
+
+def _evaluated_now(lam, mesh_obj):
+    return lam.controls.evaluated_positions(mesh_obj)
+
+
+def test_user_drivers_and_nla_export_exactly_on_the_fast_path(lam, avatar_file, tmp_path):
+    mesh_obj, arm_obj = _import(avatar_file(n_points=200, n_expr=6, seed=4))
+    _animate_with_driver_and_nla(mesh_obj, arm_obj)
+    scene = bpy.context.scene
+    splat_mod = mesh_obj.modifiers.get(lam.ops_export.SPLAT_MODIFIER)
+    active_index = mesh_obj.active_shape_key_index = 3
+    job = lam.ops_export.SplatSequenceExport(scene, mesh_obj, tmp_path / "fast", 1, 7)
+    job.run()
+    assert job.fast and job.fast_blocker is None
+    slow = lam.ops_export.SplatSequenceExport(scene, mesh_obj, tmp_path / "slow", 1, 7)
+    slow.use_fast_path = False
+    slow.run()
+    assert not slow.fast and slow.fast_blocker == "switched off"
+    # Everything the fast path switched off is back.
+    assert not mesh_obj.show_only_shape_key and mesh_obj.active_shape_key_index == active_index
+    assert all(m.show_viewport for m in mesh_obj.modifiers)
+
+    if splat_mod is not None:
+        splat_mod.show_viewport = False  # the evaluated mesh must be the deformed points
+    keys = mesh_obj.data.shape_keys.key_blocks
+    seen = []
+    for k in range(1, 8):
+        scene.frame_set(k)
+        want = _evaluated_now(lam, mesh_obj)
+        seen.append((keys["expr_002"].value, keys["expr_000"].value, arm_obj.pose.bones["jaw"].rotation_euler.x))
+        xyz, q, _ = _columns(tmp_path / "fast" / f"frame_{k:06d}.ply")
+        assert np.abs(xyz - want).max() <= 1e-5, k
+        xyz_slow, q_slow, _ = _columns(tmp_path / "slow" / f"frame_{k:06d}.ply")
+        assert np.abs(xyz_slow - want).max() <= 1e-5, k
+        np.testing.assert_allclose(q, q_slow, atol=1e-5)
+    seen = np.array(seen)
+    # The driver and both NLA strips really animated the frames (the strips start at frame 2).
+    assert np.ptp(seen[:, 0]) > 1.0 and np.ptp(seen[:, 1]) > 1.0 and np.ptp(seen[:, 2]) > 0.3
+    assert seen[0, 1] == seen[1, 1] == 1.5 and seen[1, 2] == 0.0
+
+
+def test_unmodelled_features_fall_back_to_the_evaluated_mesh(lam, avatar_file, tmp_path):
+    mesh_obj, arm_obj = _import(avatar_file(n_points=150, n_expr=4, seed=5))
+    keys = mesh_obj.data.shape_keys.key_blocks
+    masked = mesh_obj.vertex_groups.new(name="mask")
+    masked.add(list(range(0, 150, 2)), 1.0, "REPLACE")
+    keys["expr_001"].vertex_group = "mask"
+    keys["expr_001"].value = 1.8
+    arm_obj.pose.bones["jaw"].rotation_euler = (0.3, 0.0, 0.0)
+    scene = bpy.context.scene
+    job = lam.ops_export.SplatSequenceExport(scene, mesh_obj, tmp_path, 1, 1)
+    job.run()
+    assert not job.fast and "vertex group" in job.fast_blocker
+    splat_mod = mesh_obj.modifiers.get(lam.ops_export.SPLAT_MODIFIER)
+    if splat_mod is not None:
+        splat_mod.show_viewport = False
+    scene.frame_set(1)
+    xyz, _, _ = _columns(tmp_path / "frame_000001.ply")
+    assert np.abs(xyz - _evaluated_now(lam, mesh_obj)).max() <= 1e-5
