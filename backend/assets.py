@@ -213,7 +213,7 @@ def status() -> list[dict[str, Any]]:
         "name": "landmark_embedding", "required": False, "present": emb is not None, "path": str(emb) if emb else None,
         "source": (manifest.get("landmark_embedding") or {}).get("source") if emb else None, "verified": None,
         "fix": None if emb else FIX_EMBEDDING,
-        "detail": "FLAME landmark embedding with eyes (optional: the fit has its own default)",
+        "detail": "FLAME landmark embedding with eyes (optional: without it no FLAME fit runs and the average head shape is used)",
     })
     return out
 

@@ -36,11 +36,11 @@ class GaussianPrediction:
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision mode; None means plain float32.
 
-    "fast": bfloat16 autocast on CPU too. Measured on the 2-core AVX512-BF16 dev CPU at 20018 points: the
-    Linears run 2-4x faster, PyTorch's SDPA runs at the same speed as in float32, and attention is ~3/4
-    of the FLOPs, so the forward gains only ~10-20%; max centre error vs float32 1.7 mm (mean 0.18 mm) on
-    random LAM-20K weights (bench/bench_network.py). On CUDA: bfloat16 where supported (training was
-    bf16), else float16; on Apple MPS float16.
+    "fast": bfloat16 autocast on CPU too, where attention runs as explicit bf16 GEMMs
+    (attention.cpu_bf16_attention: PyTorch's CPU SDPA is no faster in bf16 than in float32) and the point
+    embedding stays float32 (point_embed.py). Figures at 20018 points on random LAM-20K weights: see
+    bench/bench_network.py. On CUDA: bfloat16 where supported (training was bf16), else float16; on Apple
+    MPS float16.
     """
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
