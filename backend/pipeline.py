@@ -11,6 +11,8 @@ nothing this run created is left behind.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -233,6 +235,9 @@ def create_avatar(
         stages.enter("rig")
         rig = flame_mod.build_rig(flame_model, fitted.betas, levels=levels, n_expr=n_expr)
 
+        del flame_model, embedding, rgb
+        _return_freed_memory()  # before the network's multi-GB peak
+
         stages.enter("load", res.weights_dir.name)
         dev = network.select_device(device)
         model, report = network.load_lam(res.weights_dir, device=dev)
@@ -298,6 +303,16 @@ def _load_flame(flame_mod: Any, network: Any, res: ResolvedAssets, n_shape: int)
             "(or: lam-head setup --flame FILE)"
         )
     return flame_mod.FlameModel.from_arrays(buffers, n_shape=n_shape)  # LAM buffer names are understood
+
+
+def _return_freed_memory() -> None:
+    """Give heap freed by decoding, detection and the fit back to the OS: glibc keeps
+    it otherwise, and it would add to the network's peak RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, Windows): nothing to trim, the peak is only a little higher
 
 
 def _write_ply(path: Path, avatar) -> Path:
