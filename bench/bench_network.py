@@ -99,7 +99,7 @@ def main() -> int:
     name = "lam_bench_tiny_random" if args.tiny else "lam_bench_lam20k_random"
     cache = args.cache_dir or Path(tempfile.gettempdir()) / name
     weights = cache / "weights"
-    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share the cores)")
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if (weights / "model.safetensors").is_file() and (weights / "config.json").is_file():
         print(f"reusing random LAM-20K checkpoint in {weights}")
     else:

@@ -61,7 +61,7 @@ def main() -> None:
     from backend.render.gsplat_rasterizer import gsplat_status
 
     print(f"machine: {os.cpu_count()} CPU cores, numba {numba.__version__}, {numba.get_num_threads()} threads "
-          f"(layer {numba.config.THREADING_LAYER}); figures taken while other jobs share the cores")
+          f"(layer {numba.config.THREADING_LAYER}); load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as empty:
         cold = first_call_seconds(empty)
     warm = first_call_seconds(None)
