@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -24,10 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-_USER = Path(tempfile.mkdtemp(prefix="lam-head-bench-"))
-for _k in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES", "RESOURCES"):
-    (_USER / _k.lower()).mkdir()
-    os.environ[f"BLENDER_USER_{_k}"] = str(_USER / _k.lower())
+from factories.blender_user_dirs import isolate_blender_user_dirs  # noqa: E402
+
+_USER = isolate_blender_user_dirs("lam-head-bench-")
 
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
@@ -141,7 +139,6 @@ def main() -> None:
         for n in args.points:
             for weights in args.weights:
                 bench(n, args.frames, Path(tmp), weights)
-    shutil.rmtree(_USER, ignore_errors=True)
 
 
 if __name__ == "__main__":

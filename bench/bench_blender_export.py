@@ -30,10 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-_USER = Path(tempfile.mkdtemp(prefix="lam-head-bench-export-"))
-for _k in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES", "RESOURCES"):
-    (_USER / _k.lower()).mkdir()
-    os.environ[f"BLENDER_USER_{_k}"] = str(_USER / _k.lower())
+from factories.blender_user_dirs import isolate_blender_user_dirs  # noqa: E402
+
+_USER = isolate_blender_user_dirs("lam-head-bench-export-")
 
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402

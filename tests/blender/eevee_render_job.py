@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +103,6 @@ def pinhole_from_blender(scene, mesh_obj) -> dict:
             "world_to_camera": w2c.tolist()}
 
 
-def _hermetic_user_dirs() -> None:
-    root = Path(tempfile.mkdtemp(prefix="lam-head-job-user-"))
-    for kind in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES", "RESOURCES"):
-        (root / kind.lower()).mkdir()
-        os.environ[f"BLENDER_USER_{kind}"] = str(root / kind.lower())
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--zip", required=True)
@@ -122,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=8)
     args = p.parse_args(argv)
 
-    _hermetic_user_dirs()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared factories
+    from factories.blender_user_dirs import isolate_blender_user_dirs
+
+    isolate_blender_user_dirs("lam-head-job-user-")
     import bpy  # noqa: I001 - bpy first: addon_utils only exists once bpy is imported
     import addon_utils
 

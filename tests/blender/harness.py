@@ -6,11 +6,8 @@ Tests may import the helpers: ``from harness import ADDON_MODULE, enable_addon``
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 if "bpy" in sys.modules:  # pragma: no cover - a guard for the test layout
@@ -23,12 +20,9 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:  # shared factories: ``from factories.avatar import make_avatar``
     sys.path.insert(0, _TESTS_DIR)
 
-_USER_ROOT = Path(tempfile.mkdtemp(prefix="lam-head-blender-user-"))
-atexit.register(shutil.rmtree, _USER_ROOT, ignore_errors=True)
-for _kind in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES", "RESOURCES"):
-    _dir = _USER_ROOT / _kind.lower()
-    _dir.mkdir()
-    os.environ[f"BLENDER_USER_{_kind}"] = str(_dir)
+from factories.blender_user_dirs import isolate_blender_user_dirs  # noqa: E402
+
+_USER_ROOT = isolate_blender_user_dirs()
 
 import bpy  # noqa: E402
 
