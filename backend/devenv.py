@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 from . import environment
 
@@ -79,6 +80,19 @@ def _step(cmd: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
+def _junit_counts(report: Path) -> tuple[int, int, int]:
+    """(passed, failed, skipped) from a pytest JUnit XML report (missing report: nothing ran)."""
+    if not report.is_file():
+        return 0, 0, 0
+    suites = ElementTree.parse(report).getroot().iter("testsuite")
+    tests = failed = skipped = 0
+    for suite in suites:
+        tests += int(suite.get("tests", 0))
+        failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+    return tests - failed - skipped, failed, skipped
+
+
 def run_tests(pytest_args: list[str]) -> int:
     py = setup_main()
     py45 = setup_bpy45()
@@ -86,11 +100,16 @@ def run_tests(pytest_args: list[str]) -> int:
     if rc:
         print("ruff found problems (above)", file=sys.stderr)
         return rc
-    rc = _step([str(py), "-m", "pytest", *pytest_args])
-    if rc:
-        return rc
-    env = dict(os.environ, LAM_HEAD_BACKEND_PYTHON=str(py))
-    return _step([str(py45), "-m", "pytest", "tests/blender", *pytest_args], env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        reports = [Path(tmp) / "bpy50.xml", Path(tmp) / "bpy45.xml"]
+        rc = _step([str(py), "-m", "pytest", f"--junitxml={reports[0]}", *pytest_args])
+        if rc == 0:  # tests/blender again under bpy 4.5 LTS; its backend subprocess runs from .venv
+            env = dict(os.environ, LAM_HEAD_BACKEND_PYTHON=str(py))
+            rc = _step([str(py45), "-m", "pytest", "tests/blender", f"--junitxml={reports[1]}", *pytest_args], env=env)
+        passed, failed, skipped = (sum(c) for c in zip(*map(_junit_counts, reports)))
+    # One closing line over both runs (Blender prints its own exit messages after pytest's summary).
+    print(f"\nall runs (bpy 5.0 suite + bpy 4.5 Blender tests): {passed} passed, {failed} failed, {skipped} skipped")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
