@@ -9,6 +9,7 @@ is left as it was.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def start_job(context, image: str) -> backend_job.CreateJob:
     """Start a create job (raises ValueError with the message to show)."""
     if current_job() is not None and not current_job().finished:
         raise ValueError("An avatar is already being created; wait or cancel it")
-    image = bpy.path.abspath(image)
+    image = os.path.abspath(bpy.path.abspath(image))  # the backend runs in another working directory
     if not Path(image).is_file():
         raise ValueError(f"Photo not found: {image}")
     python, source = preferences.backend_python(context)

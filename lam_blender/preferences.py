@@ -49,9 +49,9 @@ def backend_params(context=None) -> dict:
         return {}
     out = {"device": p.device, "precision": p.precision}
     if p.weights_dir.strip():
-        out["weights"] = bpy.path.abspath(p.weights_dir.strip())
+        out["weights"] = os.path.abspath(bpy.path.abspath(p.weights_dir.strip()))  # the backend has its own cwd
     if p.flame_file.strip():
-        out["flame"] = bpy.path.abspath(p.flame_file.strip())
+        out["flame"] = os.path.abspath(bpy.path.abspath(p.flame_file.strip()))
     return out
 
 

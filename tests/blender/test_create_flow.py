@@ -84,6 +84,14 @@ def test_create_operator_imports_the_backend_result(create_env, assets):
     assert any("landmark embedding" in w for w in job.warnings), "the backend's warnings reach the user"
 
 
+def test_relative_photo_path_resolves_against_blenders_working_directory(create_env, assets, monkeypatch):
+    """The backend runs in its own working directory: the operator must send it an absolute path."""
+    monkeypatch.chdir(assets)
+    assert bpy.ops.lam_head.create_from_image(filepath="face.png") == {"FINISHED"}
+    job = create_env.ops_create.current_job()
+    assert job.state == "DONE" and Path(job.image).is_absolute()
+
+
 def test_modal_steps_report_progress_then_import(create_env, assets):
     """What the modal operator's timer does: step the job, show progress, import when done."""
     lam = create_env
