@@ -136,6 +136,8 @@ def load_lam(
     del state
     model = model.to(dev).eval()
     model.requires_grad_(False)
+    if dev.type == "cpu":
+        model.weights_file = str(path)  # the CPU tensors are views of safetensors' private mapping
     if not qk_norm:
         model.set_qk_norm(False)
         report.notes.append("QK-norm disabled by request")

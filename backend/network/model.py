@@ -12,6 +12,7 @@ from .fusion import Encoder
 from .heads import Renderer
 from .point_embed import PointEmbed
 from .transformer import Transformer
+from .weight_pages import release_file_pages
 
 Capture = Callable[[str, torch.Tensor], None]
 #: on_block(stage, done, total) with stage "encoder" or "transformer"; may raise to cancel.
@@ -33,6 +34,9 @@ class LamModel(nn.Module):
         self.pcl_embed = PointEmbed(cfg.pcl_dim)
         self.transformer = Transformer(cfg, qk_norm_context)
         self.renderer = Renderer(cfg)
+        #: Set by the loader when the CPU weights are memory-mapped from this file: the forward then
+        #: returns each stage's weight pages to the OS after use (weight_pages.py).
+        self.weights_file: str | None = None
 
     def set_qk_norm(self, enabled: bool) -> None:
         self.transformer.set_qk_norm(enabled)
@@ -46,8 +50,14 @@ class LamModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """image B,3,H,W in [0,1] (not normalised); query_points B,N,3 -> see :meth:`Renderer.forward`."""
         enc_hook = (lambda i, n: on_block("encoder", i, n)) if on_block else None
-        tf_hook = (lambda i, n: on_block("transformer", i, n)) if on_block else None
+
+        def tf_hook(done: int, total: int) -> None:
+            self._release_pages(self.transformer.layers[done - 1])
+            if on_block:
+                on_block("transformer", done, total)
+
         tokens = self.encoder(image, capture=capture, on_block=enc_hook)
+        self._release_pages(self.encoder)
         x = self.pcl_embed(query_points)
         if capture:
             capture("pcl_embed_out", x)
@@ -56,3 +66,7 @@ class LamModel(nn.Module):
         if on_block:
             on_block("heads", 1, 1)
         return out
+
+    def _release_pages(self, module: nn.Module) -> None:
+        if self.weights_file:
+            release_file_pages(module, self.weights_file)
