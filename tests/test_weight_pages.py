@@ -98,3 +98,9 @@ def test_predict_releases_each_stage_and_repeats_exactly(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.xyz, second.xyz)
     np.testing.assert_array_equal(first.rgb, second.rgb)
     np.testing.assert_array_equal(first.scale, second.scale)
+
+
+def test_other_systems_release_nothing(tmp_path, monkeypatch):
+    module, path, _copies, _handle = _mapped_module(tmp_path)
+    monkeypatch.setattr(sys, "platform", "darwin")  # no /proc/self/smaps there
+    assert release_file_pages(module, path) == 0

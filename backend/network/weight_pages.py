@@ -48,7 +48,7 @@ def _file_mappings(path: Path) -> list[tuple[int, int]]:
 def _tensor_ranges(module: nn.Module) -> list[tuple[int, int]]:
     out = []
     for t in [*module.parameters(), *module.buffers()]:
-        if t.device.type == "cpu" and t.numel():
+        if t.device.type == "cpu" and t.numel() and t.is_contiguous():  # the byte range of a strided view is not its span
             out.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
     return sorted(out)
 
