@@ -73,7 +73,9 @@ def load_lam(
 
     ``qk_norm=False`` skips the per-head RMSNorm on q/k (reproduces an older attention implementation).
     With ``strict=False`` mismatched/missing keys are reported and left at default values instead of refused.
-    Returns the model in eval mode on the selected device (float32) and a :class:`LoadReport`.
+    Returns the model in eval mode on the selected device (float32) and a :class:`LoadReport`. On CPU the
+    weights stay views of the file's memory mapping; ``model.weights_file`` names the file so that the
+    forward can hand each stage's pages back after use (weight_pages.py).
     """
     from safetensors import SafetensorError, safe_open
 
