@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from xml.etree import ElementTree
 
-from . import environment
+from .setup import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_VENV = ROOT / ".venv"

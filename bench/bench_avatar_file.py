@@ -21,8 +21,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from factories.flame import make_flame_model  # noqa: E402
 
-from backend.avatar_assembly import assemble_avatar  # noqa: E402
-from backend.core.avatar_file import load_avatar, save_avatar  # noqa: E402
+from backend.core.formats.avatar_file import load_avatar, save_avatar  # noqa: E402
+from backend.create.assemble import assemble_avatar  # noqa: E402
 from backend.flame import build_rig  # noqa: E402
 
 

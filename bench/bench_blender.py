@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from factories.avatar import make_avatar  # noqa: E402
 
 from backend import devenv  # noqa: E402
-from backend.core.avatar_file import save_avatar  # noqa: E402
+from backend.core.formats.avatar_file import save_avatar  # noqa: E402
 
 ADDON = "bl_ext.user_default.lam_head"
 

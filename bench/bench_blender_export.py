@@ -39,8 +39,9 @@ import numpy as np  # noqa: E402
 from factories.avatar import make_avatar  # noqa: E402
 
 from backend import devenv  # noqa: E402
-from backend.core import ply, splat_frames  # noqa: E402
-from backend.core.avatar_file import save_avatar  # noqa: E402
+from backend.core import splat_frames  # noqa: E402
+from backend.core.formats import ply  # noqa: E402
+from backend.core.formats.avatar_file import save_avatar  # noqa: E402
 
 
 def install() -> None:

@@ -116,7 +116,7 @@ def main() -> None:
         return
     import torch
 
-    from backend import rig_torch
+    from backend.render import rig_torch
     from backend.render.gsplat_rasterizer import rasterize_gsplat
 
     dev = torch.device("cuda")

@@ -53,7 +53,7 @@ def main() -> None:
     try:
         import torch
 
-        from backend import rig_torch
+        from backend.render import rig_torch
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     except ImportError:

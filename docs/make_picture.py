@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "blender")]
 
 from factories.avatar import make_avatar  # noqa: E402
 
-from backend.core.avatar_file import save_avatar  # noqa: E402
+from backend.core.formats.avatar_file import save_avatar  # noqa: E402
 from backend.render import PinholeCamera, render_gaussians  # noqa: E402
 
 SIZE = 320

@@ -5,5 +5,6 @@ The one place the add-on reaches across into ``backend/``: everything else in
 stdlib-only environment/assets helpers).
 """
 
-from ..backend import assets, environment  # noqa: F401
-from ..backend.core import avatar_file, client, errors, ply, splat_frames  # noqa: F401
+from ..backend.core import client, errors, splat_frames  # noqa: F401
+from ..backend.core.formats import avatar_file, ply  # noqa: F401
+from ..backend.setup import assets, environment  # noqa: F401

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import archive, assets, cli
+from backend import cli
 from backend.core.errors import BadInputError
-from backend.download import DownloadError, download
+from backend.setup import archive, assets
+from backend.setup.download import DownloadError, download
 
 GOLDEN = Path("/work/shared/fixtures/lam_golden_a")
 

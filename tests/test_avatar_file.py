@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from factories.avatar import make_avatar
 
-from backend.core import avatar_file as af
-from backend.core.avatar_file import AvatarFileError, load_avatar, save_avatar, to_arrays, validate
+from backend.core.formats import avatar_file as af
+from backend.core.formats.avatar_file import AvatarFileError, load_avatar, save_avatar, to_arrays, validate
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -196,8 +196,8 @@ def _gaussians(n, seed=0):
 def test_assembled_avatar_round_trips_and_rests_at_xyz(tmp_path):
     from factories.flame import make_flame_model
 
-    from backend.avatar_assembly import assemble_avatar
     from backend.core import rig as rig_math
+    from backend.create.assemble import assemble_avatar
     from backend.flame import build_rig
 
     r = build_rig(make_flame_model(200, n_shape=6, n_expr=5), np.linspace(-1, 1, 6), levels=1)
@@ -214,7 +214,7 @@ def test_assembled_avatar_round_trips_and_rests_at_xyz(tmp_path):
 def test_assemble_refuses_mismatched_gaussians():
     from factories.flame import make_flame_model
 
-    from backend.avatar_assembly import assemble_avatar
+    from backend.create.assemble import assemble_avatar
     from backend.flame import build_rig
 
     r = build_rig(make_flame_model(120, n_shape=4, n_expr=2), np.zeros(4), levels=0)

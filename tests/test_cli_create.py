@@ -1,4 +1,4 @@
-"""``lam-head create`` and backend/pipeline.py: photo -> valid avatar file, with a tiny
+"""``lam-head create`` and backend/create/pipeline.py: photo -> valid avatar file, with a tiny
 random checkpoint in the official layout and a synthetic FLAME (no real assets)."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from factories.images import astronaut
 from PIL import Image
 
 from backend import cli
-from backend.core.avatar_file import load_avatar
 from backend.core.errors import BadInputError, CancelledError, CancelToken, MissingAssetError, NoFaceError
-from backend.pipeline import STAGES, create_avatar, overall_fraction
+from backend.core.formats.avatar_file import load_avatar
+from backend.create.pipeline import STAGES, create_avatar, overall_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_cli_creates_a_valid_avatar_in_a_subprocess(kit, tmp_path):
     assert np.abs(avatar.offset).max() <= 0.1 + 1e-6  # LAM's offset bound
     assert avatar.meta["source_image_sha256"] and avatar.meta["precision"] == "fast"
     assert "--flame" in avatar.meta["flame_source"]
-    from backend.core.ply import read_3dgs_ply
+    from backend.core.formats.ply import read_3dgs_ply
 
     np.testing.assert_allclose(read_3dgs_ply(ply)["xyz"], avatar.xyz, atol=1e-6)
     assert (dbg / "input_504.npy").is_file() and (dbg / "crop.png").is_file() and (dbg / "flame_fit.npz").is_file()

@@ -9,8 +9,8 @@ from factories.avatar import make_avatar
 from PIL import Image
 
 from backend.cli import main
-from backend.core.avatar_file import save_avatar
-from backend.core.motion import save_motion
+from backend.core.formats.avatar_file import save_avatar
+from backend.core.formats.flame_motion import save_motion
 from backend.core.rig import FlamePose, axis_angle_to_matrix
 from backend.render import PinholeCamera, default_head_camera, render_avatar, render_gaussians
 

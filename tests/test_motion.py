@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backend.core.errors import BadInputError
-from backend.core.motion import load_motion, natural_key, save_motion
+from backend.core.formats.flame_motion import load_motion, natural_key, save_motion
 from backend.core.rig import FlamePose
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
 
-from backend.core import ply
 from backend.core.errors import BadInputError
+from backend.core.formats import ply
 
 C0 = 0.28209479177387814
 

@@ -261,7 +261,7 @@ def _torch():
 @pytest.mark.parametrize(("mode", "correctives"), [("rig", False), ("rig", True), ("lam", False)])
 def test_torch_matches_numpy(mode, correctives):
     torch = _torch()
-    from backend import rig_torch
+    from backend.render import rig_torch
 
     av = make_avatar(n_points=300, n_expr=12, seed=5)
     pose = _random_pose(4, 12, seed=6)
@@ -280,7 +280,7 @@ def test_torch_matches_numpy(mode, correctives):
 
 def test_torch_quaternions_and_polar_match_numpy():
     torch = _torch()
-    from backend import rig_torch
+    from backend.render import rig_torch
 
     rng = np.random.default_rng(8)
     q = rng.normal(size=(40, 4))
@@ -295,7 +295,7 @@ def test_torch_quaternions_and_polar_match_numpy():
 
 def test_torch_refuses_bad_options():
     _torch()
-    from backend import rig_torch
+    from backend.render import rig_torch
 
     av = make_avatar(20, 4)
     with pytest.raises(ValueError, match="mode must be"):
@@ -334,7 +334,7 @@ def test_torch_on_cuda_matches_numpy():
     torch = _torch()
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
-    from backend import rig_torch
+    from backend.render import rig_torch
 
     av = make_avatar(n_points=2000, n_expr=12, seed=5)
     pose = _random_pose(4, 12, seed=6)

@@ -219,7 +219,7 @@ def _serve(tmp_path, **env):
 def test_protocol_stream_keeps_stray_prints_off_stdout():
     code = (
         "import os, sys\n"
-        "from backend.commands.serve import protocol_stream\n"
+        "from backend.cli.serve import protocol_stream\n"
         "out = protocol_stream()\n"
         "print('library noise')\n"
         "os.write(1, b'C-level noise\\n')\n"
@@ -293,7 +293,7 @@ def _create(kit, name: str, **extra) -> dict:
 
 
 def test_serve_creates_a_valid_avatar(backend_kit):
-    from backend.core.avatar_file import load_avatar
+    from backend.core.formats.avatar_file import load_avatar
 
     events = []
     res = backend_kit["client"].call("create", _create(backend_kit, "upright.jpg"), on_event=events.append, timeout=300)
@@ -318,8 +318,8 @@ CORPUS_EXPECTED = {
 
 
 def test_serve_bad_input_corpus(backend_kit):
-    from backend.core.avatar_file import load_avatar
     from backend.core.client import BackendError
+    from backend.core.formats.avatar_file import load_avatar
 
     client = backend_kit["client"]
     outcomes = {}

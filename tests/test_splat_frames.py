@@ -7,8 +7,9 @@ import pytest
 from factories.avatar import make_avatar
 from plyfile import PlyData
 
-from backend.core import ply, rig, splat_frames
+from backend.core import rig, splat_frames
 from backend.core.errors import BadInputError
+from backend.core.formats import ply
 
 
 def _rot(axis, angle):

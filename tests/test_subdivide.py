@@ -9,7 +9,7 @@ import pytest
 from factories.flame import head_mesh, make_flame_model
 
 from backend.core.errors import BadInputError
-from backend.flame import build_rig, plan_subdivision, subdivide
+from backend.flame import build_rig, plan_subdivision
 from backend.flame.subdivide import subdivide_faces
 
 
@@ -43,7 +43,7 @@ def _triangle_set(faces):
 
 def test_one_level_matches_brute_force():
     m = make_flame_model(150, n_shape=6, n_expr=3)
-    up = subdivide(m, 1)
+    up = m.subdivided(1)
     (tmpl, sd, pd, w, jr), faces = _brute_force(m.faces.tolist(), [m.v_template, m.shapedirs, m.posedirs, m.lbs_weights, m.j_regressor.T])
     np.testing.assert_allclose(up.v_template, tmpl, atol=1e-7)
     np.testing.assert_allclose(up.shapedirs, sd, atol=1e-9)
@@ -61,7 +61,7 @@ def test_two_levels_equal_brute_force_twice():
     m = make_flame_model(140, n_shape=4, n_expr=2, seed=5)
     (t1,), f1 = _brute_force(m.faces.tolist(), [m.v_template])
     (t2,), f2 = _brute_force(f1, [t1])
-    up = subdivide(m, 2)
+    up = m.subdivided(2)
     np.testing.assert_allclose(up.v_template, t2, atol=1e-7)
     assert _triangle_set(up.faces) == _triangle_set(f2)
 
@@ -70,7 +70,7 @@ def test_flame_sized_mesh_counts_and_properties():
     m = make_flame_model(5023, 9976, n_shape=4, n_expr=2)
     counts = [(p.n_vertices, p.faces.shape[0]) for p in (plan_subdivision(m.faces, 5023, k) for k in (0, 1, 2))]
     assert counts == [(5023, 9976), (20018, 39904), (79936, 159616)]
-    up = subdivide(m, 1)
+    up = m.subdivided(1)
     np.testing.assert_allclose(up.lbs_weights.sum(1), 1.0, atol=1e-5)
     # every new vertex is adjacent to exactly its two endpoints among the originals
     f = up.faces
@@ -91,11 +91,11 @@ def test_flame_sized_mesh_counts_and_properties():
 
 def test_zero_levels_is_identity_and_negative_is_refused():
     m = make_flame_model(100)
-    same = subdivide(m, 0)
+    same = m.subdivided(0)
     np.testing.assert_array_equal(same.v_template, m.v_template)
     np.testing.assert_array_equal(same.faces, m.faces)
     with pytest.raises(ValueError, match="levels"):
-        subdivide(m, -1)
+        m.subdivided(-1)
 
 
 # ------------------------------------------------------------------ build_rig
@@ -129,7 +129,7 @@ def test_build_rig_defaults_and_levels():
     r0 = build_rig(m, np.zeros(5), levels=0)
     np.testing.assert_allclose(r0.template, m.v_template)
     assert r0.expr_dirs.shape == (150, 3, 3)
-    assert build_rig(m, np.zeros(5), levels=2).n_points == subdivide(m, 2).n_vertices
+    assert build_rig(m, np.zeros(5), levels=2).n_points == m.subdivided(2).n_vertices
 
 
 @pytest.mark.parametrize(
@@ -154,4 +154,4 @@ def test_head_mesh_exact_sizes():
 
 def test_subdivide_keeps_model_fields():
     m = replace(make_flame_model(100), joint_names=("a", "b", "c", "d", "e"))
-    assert subdivide(m, 1).joint_names == ("a", "b", "c", "d", "e")
+    assert m.subdivided(1).joint_names == ("a", "b", "c", "d", "e")

@@ -1,7 +1,7 @@
 """FLAME rig evaluation in numpy: blendshapes, linear blend skinning, Gaussian rotations.
 
 Numpy only: the Blender add-on imports this module (export, checks) and the backend
-uses it as the reference its torch twin (``backend/rig_torch.py``) is tested against.
+uses it as the reference its torch twin (``backend/render/rig_torch.py``) is tested against.
 
 Semantics (DESIGN.md "Animation semantics", LAM_SPEC.md section 4):
 
@@ -331,7 +331,7 @@ def evaluate(
     by a batch of FLAME poses. See the module docstring for the two modes.
 
     ``avatar`` needs expr_dirs N,3,E; pose_dirs N,3,P; lbs_weights N,J; joints J,3;
-    joint_expr_dirs J,3,E; parents J (an :class:`~backend.core.avatar_file.Avatar` or a RigArrays).
+    joint_expr_dirs J,3,E; parents J (an :class:`~backend.core.formats.avatar_file.Avatar` or a RigArrays).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

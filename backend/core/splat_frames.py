@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ply
 from .errors import BadInputError
+from .formats import ply
 
 # Newton polar iteration (quadratic): stop after a step that moved no entry more than this (float64).
 _POLAR_TOL = 1e-6  # the step after a change of d leaves an error of about d^2

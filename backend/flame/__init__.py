@@ -1,13 +1,13 @@
 """FLAME for LAM: safe loading of the official files, midpoint subdivision, the per-point rig.
 
 Numpy only; the rig evaluation itself is :mod:`backend.core.rig` (numpy) and
-:mod:`backend.rig_torch` (torch).
+:mod:`backend.render.rig_torch` (torch).
 """
 
 from .model import FLAME_JOINT_NAMES, FlameModel, load_flame
 from .restricted_pickle import FLAME_ALLOWED, NUMPY_ALLOWED, load_pickled_npy, restricted_loads
 from .rig_arrays import RigArrays, build_rig
-from .subdivide import faces_from_subdivided, plan_subdivision, subdivide, subdivide_faces
+from .subdivide import faces_from_subdivided, plan_subdivision, subdivide_faces
 
 __all__ = [
     "FLAME_ALLOWED",
@@ -21,6 +21,5 @@ __all__ = [
     "load_pickled_npy",
     "plan_subdivision",
     "restricted_loads",
-    "subdivide",
     "subdivide_faces",
 ]

@@ -11,7 +11,7 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 from ..core.atomic_write import atomic_path
 from ..core.errors import BadInputError
 from .restricted_pickle import restricted_loads, to_plain
-from .subdivide import faces_from_subdivided
+from .subdivide import faces_from_subdivided, plan_subdivision
 
 FLAME_JOINT_NAMES = ("root", "neck", "jaw", "eye_l", "eye_r")
 LAM_PREFIX = "renderer.flame_model."
@@ -64,6 +64,21 @@ class FlameModel:
     def expr_dirs(self) -> np.ndarray:
         """V,3,n_expr expression blendshapes."""
         return self.shapedirs[:, :, self.n_shape :]
+
+    def subdivided(self, levels: int = 1) -> FlameModel:
+        """The model after ``levels`` midpoint passes: every per-vertex attribute (template,
+        shape/expression dirs, pose dirs, LBS weights, J_regressor columns) averaged at new
+        vertices. 5023 -> 20018 -> 79936 vertices for FLAME."""
+        plan = plan_subdivision(self.faces, self.n_vertices, levels)
+        return replace(
+            self,
+            v_template=plan.apply(self.v_template),
+            shapedirs=plan.apply(self.shapedirs),
+            posedirs=plan.apply(self.posedirs),
+            j_regressor=plan.apply(self.j_regressor, axis=1),
+            lbs_weights=plan.apply(self.lbs_weights),
+            faces=plan.faces,
+        )
 
     # ------------------------------------------------------------------ loaders
 

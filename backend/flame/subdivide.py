@@ -1,4 +1,5 @@
-"""Midpoint (1 -> 4) subdivision of a FLAME mesh and its per-vertex attributes.
+"""Midpoint (1 -> 4) subdivision of a triangle mesh and its per-vertex attributes (topology only;
+:meth:`FlameModel.subdivided` applies it to a whole FLAME model).
 
 The vertex order is LAM's (LAM_SPEC.md section 2): the originals keep their indices,
 then one new vertex per unique edge, edges ordered by (min index, max index) ascending.
@@ -9,15 +10,11 @@ the centre triangles, orientation kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.errors import BadInputError
-
-if TYPE_CHECKING:
-    from .model import FlameModel
 
 
 def subdivide_faces(faces: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,22 +76,6 @@ def plan_subdivision(faces: np.ndarray, n_vertices: int, levels: int) -> Subdivi
         level_edges.append(edges)
         n_vertices += edges.shape[0]
     return SubdivisionPlan(level_edges, faces, n_vertices)
-
-
-def subdivide(model: FlameModel, levels: int = 1) -> FlameModel:
-    """The model after ``levels`` midpoint passes: every per-vertex attribute (template,
-    shape/expression dirs, pose dirs, LBS weights, J_regressor columns) averaged at new
-    vertices. 5023 -> 20018 -> 79936 vertices for FLAME."""
-    plan = plan_subdivision(model.faces, model.n_vertices, levels)
-    return replace(
-        model,
-        v_template=plan.apply(model.v_template),
-        shapedirs=plan.apply(model.shapedirs),
-        posedirs=plan.apply(model.posedirs),
-        j_regressor=plan.apply(model.j_regressor, axis=1),
-        lbs_weights=plan.apply(model.lbs_weights),
-        faces=plan.faces,
-    )
 
 
 def faces_from_subdivided(faces_up: np.ndarray, n_original: int) -> np.ndarray:

@@ -73,7 +73,7 @@ def avatar_file(tmp_path):
     """Factory fixture: save a synthetic avatar and return its path."""
     from factories.avatar import make_avatar
 
-    from backend.core.avatar_file import save_avatar
+    from backend.core.formats.avatar_file import save_avatar
 
     def make(name: str = "avatar.npz", **kwargs) -> Path:
         return save_avatar(tmp_path / name, make_avatar(**kwargs))

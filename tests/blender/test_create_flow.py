@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from harness import BACKEND_PYTHON
 
-from backend.core.avatar_file import load_avatar
+from backend.core.formats.avatar_file import load_avatar
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path(BACKEND_PYTHON).is_file(), reason=f"no backend python at {BACKEND_PYTHON}")

@@ -8,7 +8,7 @@ import pytest
 from mathutils import Quaternion, Vector
 
 from backend.core import rig
-from backend.core.avatar_file import load_avatar
+from backend.core.formats.avatar_file import load_avatar
 
 TOL = 1e-5
 

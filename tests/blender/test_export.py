@@ -13,8 +13,8 @@ from mathutils import Quaternion, Vector
 from plyfile import PlyData
 
 from backend.core import rig
-from backend.core.avatar_file import load_avatar
 from backend.core.errors import CancelledError, CancelToken
+from backend.core.formats.avatar_file import load_avatar
 
 BONES = ["root", "neck", "jaw", "eye_L", "eye_R"]
 

@@ -33,7 +33,7 @@ def test_zip_carries_addon_and_backend_only(lam_extension_zip):
     assert lam_extension_zip.name.startswith("lam_head-")
     assert "blender_manifest.toml" in names and "__init__.py" in names
     assert "lam_blender/__init__.py" in names and "lam_blender/naming.py" in names
-    assert "backend/core/avatar_file.py" in names and "backend/__main__.py" in names
+    assert "backend/core/formats/avatar_file.py" in names and "backend/__main__.py" in names
     assert "backend/requirements.txt" in names, "Install Backend needs it"
     bad = [n for n in names if n.split("/")[0] in {"tests", "bench", ".venv", ".git", "dist", "shared", ".ci"}
            or "__pycache__" in n or n.endswith((".pyc", ".npz", ".safetensors", ".zip")) or ".egg-info" in n]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from factories.avatar import make_avatar
 
-from backend.core.avatar_file import load_avatar, save_avatar
+from backend.core.formats.avatar_file import load_avatar, save_avatar
 
 BONES = ["root", "neck", "jaw", "eye_L", "eye_R"]
 

@@ -17,7 +17,7 @@ import pytest
 from mathutils import Quaternion, Vector
 
 from backend.core import rig
-from backend.core.avatar_file import load_avatar
+from backend.core.formats.avatar_file import load_avatar
 from backend.render import PinholeCamera, render_gaussians
 
 N_POINTS = 300

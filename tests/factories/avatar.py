@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.core.avatar_file import JOINT_NAMES, Avatar
+from backend.core.formats.avatar_file import JOINT_NAMES, Avatar
 
 REST_JOINTS = np.array(
     [[0.0, 0.0, 0.0], [0.0, -0.02, -0.01], [0.0, -0.03, 0.02], [0.03, 0.03, 0.06], [-0.03, 0.03, 0.06]],

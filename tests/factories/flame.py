@@ -160,9 +160,7 @@ def make_flame_model(n_vertices: int = 600, n_faces: int | None = None, n_shape:
 def lam_buffers(model: FlameModel, prefix: str = "renderer.flame_model.") -> dict[str, np.ndarray]:
     """The ``renderer.flame_model.*`` buffers LAM's checkpoint would hold for ``model``
     (posedirs as P,V*3; parents; no original faces, only ``faces_up`` and the ``_up`` arrays)."""
-    from backend.flame.subdivide import subdivide
-
-    up = subdivide(model, 1)
+    up = model.subdivided(1)
     v = model.n_vertices
     out = {
         "v_template": model.v_template.astype(np.float32),

@@ -16,8 +16,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from .core.atomic_write import atomic_path
-from .core.errors import BadInputError, CancelToken
+from ..core.atomic_write import atomic_path
+from ..core.errors import BadInputError, CancelToken
 
 
 class UnsafeArchiveError(BadInputError):

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.errors import CancelToken, LamHeadError
+from ..core.errors import CancelToken, LamHeadError
 
 CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic_write import atomic_path
+from ..atomic_write import atomic_path
 
 FORMAT = "lam-head-avatar"
 VERSION = 1

@@ -39,7 +39,7 @@ def _prompt(texts: list[str]) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import assets
+    from ..setup import assets
     from .create import ProgressBar
 
     bar = ProgressBar("download")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
-from .core.rig import MODES, POSE_JOINTS, FlamePose
+from ..core.rig import MODES, POSE_JOINTS, FlamePose
 
 
 @dataclass

@@ -130,8 +130,8 @@ def video_writer_available() -> tuple[bool, str]:
 
 
 def _load_avatar(path: str):
-    from ..core.avatar_file import AvatarFileError, load_avatar
     from ..core.errors import BadInputError
+    from ..core.formats.avatar_file import AvatarFileError, load_avatar
 
     try:
         return load_avatar(path)
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     background = (1.0, 1.0, 1.0) if args.background == "white" else None
 
     if args.motion:
-        from ..core.motion import load_motion
+        from ..core.formats.flame_motion import load_motion
         from ..render import slice_pose
 
         with warnings.catch_warnings():

@@ -25,9 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, assets
-from .core.atomic_write import atomic_path
-from .core.errors import BadInputError, CancelToken, LamHeadError, MissingAssetError
+from .. import __version__
+from ..core.atomic_write import atomic_path
+from ..core.errors import BadInputError, CancelToken, LamHeadError, MissingAssetError
+from ..setup import assets
 
 log = logging.getLogger("lam_head.pipeline")
 
@@ -200,11 +201,11 @@ def create_avatar(
     n_expr = int(res.config.get("expr_param_dim", 100))
     levels = int(res.config.get("flame_subdivide_num", 1))
 
-    from . import fit as fit_mod
-    from . import flame as flame_mod
-    from . import network, preprocess
-    from .avatar_assembly import assemble_avatar
-    from .core import avatar_file
+    from .. import fit as fit_mod
+    from .. import flame as flame_mod
+    from .. import network, preprocess
+    from ..core.formats import avatar_file
+    from .assemble import assemble_avatar
 
     stages = _Stages(progress, cancel)
     created: list[Path] = []
@@ -316,7 +317,7 @@ def _return_freed_memory() -> None:
 
 
 def _write_ply(path: Path, avatar) -> Path:
-    from .core import ply as ply_mod
+    from ..core.formats import ply as ply_mod
 
     ply_mod.write_3dgs_ply(path, avatar.xyz, avatar.rgb, avatar.opacity, avatar.scale, avatar.rotation)  # atomic itself
     return path
@@ -324,8 +325,8 @@ def _write_ply(path: Path, avatar) -> Path:
 
 def _write_preview(path: Path, avatar, warn: Callable[[str], None]) -> Path | None:
     try:
-        from .core.rig import FlamePose
-        from .render import default_head_camera, render_avatar
+        from ..core.rig import FlamePose
+        from ..render import default_head_camera, render_avatar
     except ImportError as exc:
         warn(f"preview skipped: the renderer is not available ({exc})")
         return None

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from . import __version__
-from .core.errors import CancelledError, CancelToken, LamHeadError
+from .. import __version__
+from ..core.errors import CancelledError, CancelToken, LamHeadError
 
 PROTOCOL = 1
 log = logging.getLogger("lam_head.server")
@@ -123,13 +123,13 @@ def hello_info() -> dict:
 
 
 def run_doctor(params: dict, ctx: JobContext) -> dict:
-    from .commands.doctor import collect_report
+    from ..cli.doctor import collect_report
 
     return collect_report()
 
 
 def run_create(params: dict, ctx: JobContext) -> dict:
-    from .pipeline import create_avatar, overall_fraction
+    from ..create.pipeline import create_avatar, overall_fraction
 
     result = create_avatar(
         params["image"], params["output"],
@@ -151,7 +151,7 @@ def run_create(params: dict, ctx: JobContext) -> dict:
 def run_setup(params: dict, ctx: JobContext) -> dict:
     """Download / register assets (the add-on's first-use flow). Downloads need
     ``accept_licences: true`` (else error ``licence_not_accepted`` quoting them)."""
-    from . import assets
+    from ..setup import assets
 
     lines = assets.run_setup(**params, progress=ctx.progress, cancel=ctx.cancel)
     status = assets.status()

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_write import atomic_path
-from .errors import BadInputError
+from ..atomic_write import atomic_path
+from ..errors import BadInputError
 
 SH_C0 = 0.28209479177387814
 OPACITY_EPS = 1e-6

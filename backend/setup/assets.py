@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .core.atomic_write import atomic_path
-from .core.errors import BadInputError, CancelToken, LamHeadError
+from ..core.atomic_write import atomic_path
+from ..core.errors import BadInputError, CancelToken, LamHeadError
 
 DEFAULT_ORIGIN = "https://huggingface.co"
 WEIGHTS_REPO = "3DAIGC/LAM-20K"
@@ -306,7 +306,7 @@ def _copy_in(src: Path, sub: str) -> Path:
 
 def register_flame(file: str | os.PathLike) -> str:
     """Check that ``file`` loads as a FLAME model, then copy it into the cache."""
-    from .flame import load_flame
+    from ..flame import load_flame
 
     src = Path(file).expanduser().resolve()
     if not src.is_file():
@@ -319,7 +319,7 @@ def register_flame(file: str | os.PathLike) -> str:
 
 
 def register_landmark_embedding(file: str | os.PathLike) -> str:
-    from .fit import load_landmark_embedding
+    from ..fit import load_landmark_embedding
 
     src = Path(file).expanduser().resolve()
     if not src.is_file():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_write import atomic_path
-from .errors import BadInputError
-from .rig import FlamePose
+from ..atomic_write import atomic_path
+from ..errors import BadInputError
+from ..rig import FlamePose
 
 DEFAULT_FPS = 30.0
 # file key -> (FlamePose field(s), width)

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .core import avatar_file
-from .core.avatar_file import Avatar
-from .flame.rig_arrays import RigArrays
+from ..core.formats import avatar_file
+from ..core.formats.avatar_file import Avatar
+from ..flame.rig_arrays import RigArrays
 
 
 def assemble_avatar(

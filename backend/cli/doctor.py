@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect_report() -> dict[str, Any]:
     """Assets (present / missing + the command that fixes it) and the runtime."""
-    from .. import __version__, assets
+    from .. import __version__
+    from ..setup import assets
 
     items = assets.status()
     report: dict[str, Any] = {

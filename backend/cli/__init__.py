@@ -1,6 +1,6 @@
 """``lam-head``: the backend's command line.
 
-Each subcommand lives in ``backend/commands/<name>.py`` with ``HELP``,
+Each subcommand lives in ``backend/cli/<name>.py`` with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``; they are imported lazily so
 ``lam-head --help`` stays fast and a missing heavy dependency only affects the
 command that needs it.
@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .core.errors import LamHeadError
+from ..core.errors import LamHeadError
 
 COMMANDS = {
     "create": "photo -> avatar file (the main job)",
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-        p.set_defaults(_module=f"{__package__}.commands.{name}")
+        p.set_defaults(_module=f"{__package__}.{name}")
     return parser
 
 

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import STAGES, create_avatar, overall_fraction
+    from ..create.pipeline import STAGES, create_avatar, overall_fraction
 
     bar = None if args.quiet else ProgressBar()
     progress = None if bar is None else (lambda stage, f, msg="": bar(stage, overall_fraction(stage, f), msg))

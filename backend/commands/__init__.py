@@ -1,1 +1,0 @@
-"""One module per ``lam-head`` subcommand (see backend/cli.py)."""
