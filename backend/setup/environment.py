@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-BACKEND_DIR = Path(__file__).resolve().parent
+BACKEND_DIR = Path(__file__).resolve().parents[1]  # backend/ (this file is backend/setup/environment.py)
 TORCH_REQUIREMENT = "torch==2.13.0"
 # mediapipe 0.10.21 is the last release whose wheel carries its face models;
 # its declared dependencies (jax, matplotlib, opencv-contrib, sounddevice, ...)
