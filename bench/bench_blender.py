@@ -6,7 +6,8 @@ Runs headless bpy with hermetic user folders, installs the extension zip built
 from this checkout, imports synthetic avatars (E = 100 expression keys + 36
 pose correctives) and plays an animation with 10 keyed expression channels and
 keyed jaw / neck / eye / head bones (pose-corrective drivers active).
-Per-frame time = ``scene.frame_set`` (depsgraph evaluation: drivers, shape
+Also imports each real LAM web ZIP in ../shared/fixtures/real (``--lam-zip`` for others) and
+times it next to the ``.npz`` import. Per-frame time = ``scene.frame_set`` (depsgraph evaluation: drivers, shape
 keys, armature, splat nodes) + reading the evaluated mesh, median of the frames.
 """
 
@@ -126,15 +127,38 @@ def bench(n_points: int, frames: int, tmp: Path, weights: str) -> None:
           f"RSS {rss0:7.1f} -> {rss1:7.1f} MB (+{rss1 - rss0:.1f})", flush=True)
 
 
+def bench_lam_zip(path: Path, repeats: int = 3) -> None:
+    """Import time of a real LAM web ZIP (read + checks + build, best of ``repeats``)."""
+    best = float("inf")
+    for _ in range(repeats):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        import addon_utils
+
+        addon_utils.enable(ADDON, default_set=True)
+        rss0 = rss_mb()
+        t = time.perf_counter()
+        assert bpy.ops.lam_head.import_lam_zip(filepath=str(path)) == {"FINISHED"}
+        best = min(best, time.perf_counter() - t)
+        rss1 = rss_mb()
+    n = len(bpy.context.active_object.data.vertices)
+    print(f"LAM web ZIP {path.name}: {n} points, {len(bpy.context.active_object.data.shape_keys.key_blocks) - 1} "
+          f"ARKit keys: import {best:6.3f} s (best of {repeats}) | RSS +{rss1 - rss0:.1f} MB", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, nargs="+", default=[20018, 79936])
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--weights", nargs="+", default=["flame-like", "dense"], choices=["flame-like", "dense"])
+    ap.add_argument("--lam-zip", nargs="*", type=Path, default=None, help="LAM web ZIPs (default: the real fixtures)")
     args = ap.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"Blender {bpy.app.version_string}, {os.cpu_count()} CPU threads, load average {load:.1f} at start")
     install()
+    from factories.lam_zips import real_zips
+
+    for path in real_zips() if args.lam_zip is None else args.lam_zip:
+        bench_lam_zip(path)
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.points:
             for weights in args.weights:

@@ -23,7 +23,7 @@ from . import naming, pose_drivers
 # ID collections a failed build may have added to (the splat node path included).
 _ID_COLLECTIONS = (
     "objects", "meshes", "armatures", "collections", "materials", "node_groups", "images",
-    "textures", "actions", "shape_keys",
+    "textures", "actions", "texts", "shape_keys",
 )
 
 
@@ -78,6 +78,8 @@ def _build_mesh(avatar, name: str):
     _set_attr(mesh, naming.ATTR_SCALE, "FLOAT_VECTOR", avatar.scale)
     _set_attr(mesh, naming.ATTR_ROTATION, "QUATERNION", avatar.rotation)
     _set_attr(mesh, naming.ATTR_TEMPLATE, "FLOAT_VECTOR", avatar.template)
+    if avatar.opacity_logit is not None:
+        _set_attr(mesh, naming.ATTR_OPACITY_LOGIT, "FLOAT", avatar.opacity_logit)
     for j, joint in enumerate(avatar.joint_names):
         _set_attr(mesh, naming.lbs_attr(joint), "FLOAT", avatar.lbs_weights[:, j])
     return mesh
@@ -90,21 +92,28 @@ def _set_key_co(kb, co: np.ndarray) -> None:
 
 
 def _add_shape_keys(obj, avatar) -> list[str]:
-    """Basis + E expression keys (value 0) + P pose-corrective keys; returns the pose key names."""
+    """Basis + E expression keys + K ARKit keys (the target names) + P pose-corrective keys,
+    all at value 0; returns the pose key names."""
     obj.shape_key_add(name=naming.BASIS_KEY, from_mix=False)
     base = avatar.xyz
-    expr_co = np.moveaxis(avatar.expr_dirs, 2, 0) + base  # E,N,3 contiguous
-    pose_co = np.moveaxis(avatar.pose_dirs, 2, 0) + base  # P,N,3
     lo, hi = naming.EXPR_SLIDER_RANGE
     for e in range(avatar.n_expr):
         kb = obj.shape_key_add(name=naming.expr_key(e), from_mix=False)
-        _set_key_co(kb, expr_co[e])
+        _set_key_co(kb, avatar.expr_dirs[:, :, e] + base)
         kb.slider_min, kb.slider_max, kb.value = lo, hi, 0.0
+    if avatar.arkit_dirs is not None:
+        lo, hi = naming.ARKIT_SLIDER_RANGE
+        for k, name in enumerate(avatar.arkit_names):
+            kb = obj.shape_key_add(name=name, from_mix=False)
+            _set_key_co(kb, avatar.arkit_dirs[:, :, k] + base)
+            kb.slider_min, kb.slider_max, kb.value = lo, hi, 0.0
+            if kb.name != name:  # Blender renamed it (a clash): the name contract would break
+                raise ValueError(f"ARKit target '{name}' clashes with another shape key name")
     lo, hi = naming.POSE_SLIDER_RANGE
     pose_names = []
     for p in range(avatar.pose_dirs.shape[2]):
         kb = obj.shape_key_add(name=naming.pose_key(p), from_mix=False)
-        _set_key_co(kb, pose_co[p])
+        _set_key_co(kb, avatar.pose_dirs[:, :, p] + base)
         kb.slider_min, kb.slider_max, kb.value = lo, hi, 0.0
         pose_names.append(kb.name)
     obj.data.shape_keys.use_relative = True
@@ -172,6 +181,7 @@ def _store_raw(obj, avatar) -> None:
     obj[naming.PROP_JOINT_EXPR_DIRS] = avatar.joint_expr_dirs.astype(np.float64).ravel().tolist()
     obj[naming.PROP_SHAPE_PARAMS] = avatar.shape_params.astype(np.float64).tolist()
     obj[naming.PROP_N_EXPR] = avatar.n_expr
+    obj[naming.PROP_ARKIT_NAMES] = list(avatar.arkit_names)
 
 
 def build_avatar(context, avatar, name: str, attach: Callable | None = None) -> BuiltAvatar:
@@ -186,7 +196,8 @@ def build_avatar(context, avatar, name: str, attach: Callable | None = None) -> 
         arm_obj, bone_names = _build_armature(context, avatar, name + naming.ARMATURE_SUFFIX, collection)
         mesh_obj.parent = arm_obj  # identity local transform: inherits the Y-up -> Z-up rotation
         pose_names = _add_shape_keys(mesh_obj, avatar)
-        pose_drivers.add_pose_drivers(mesh.shape_keys, arm_obj, bone_names, pose_names)
+        if pose_names:
+            pose_drivers.add_pose_drivers(mesh.shape_keys, arm_obj, bone_names, pose_names)
         _add_vertex_groups(mesh_obj, avatar, bone_names)
         mod = mesh_obj.modifiers.new(naming.ARMATURE_MODIFIER, "ARMATURE")
         mod.object = arm_obj

@@ -6,5 +6,5 @@ stdlib-only environment/assets helpers).
 """
 
 from ..backend.core import client, errors, splat_frames  # noqa: F401
-from ..backend.core.formats import avatar_file, ply  # noqa: F401
+from ..backend.core.formats import avatar_file, lam_zip, ply  # noqa: F401
 from ..backend.setup import assets, environment  # noqa: F401

@@ -14,6 +14,7 @@ ATTR_SCALE = "lam_scale"  # FLOAT_VECTOR, Gaussian standard deviations (metres)
 ATTR_ROTATION = "lam_rotation"  # QUATERNION (wxyz), canonical orientation
 ATTR_TEMPLATE = "lam_template"  # FLOAT_VECTOR, shaped canonical FLAME vertex (for offset.ply)
 ATTR_LBS_PREFIX = "lam_lbs_"  # FLOAT per joint: lam_lbs_root, lam_lbs_neck, ... (export reads these)
+ATTR_OPACITY_LOGIT = "lam_opacity_logit"  # FLOAT, the source file's stored logit (LAM ZIPs; exact re-export)
 
 # Shape keys
 BASIS_KEY = "Basis"
@@ -47,6 +48,11 @@ PROP_PARENTS = "lam_parents"  # J ints
 PROP_JOINT_EXPR_DIRS = "lam_joint_expr_dirs"  # J*3*E floats, row-major (J,3,E)
 PROP_SHAPE_PARAMS = "lam_shape_params"  # S floats
 PROP_N_EXPR = "lam_n_expr"  # E
+PROP_ARKIT_NAMES = "lam_arkit_names"  # K ARKit shape-key names (the keys carry exactly these names)
+PROP_LAM_TEMPLATE = "lam_template_text"  # name of the Text datablock holding a LAM ZIP's template parts
+
+# ARKit weights are [0, 1]; the range leaves room for calibration scales and overshoot.
+ARKIT_SLIDER_RANGE = (-1.0, 2.0)
 
 
 def bone_name(joint_name: str) -> str:

@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from . import controls, naming
-from .core import avatar_file
+from .core import avatar_file, ply
 
 
 def _attr(mesh, name: str, width: int) -> np.ndarray:
@@ -43,6 +43,11 @@ def read_avatar(obj) -> avatar_file.Avatar:
     basis = _key_co(keys[naming.BASIS_KEY], n)
     expr = [_key_co(kb, n) - basis for kb in controls.expression_keys(mesh_obj)]
     pose = [_key_co(kb, n) - basis for kb in controls.pose_keys(mesh_obj)]
+    arkit_names = tuple(mesh_obj.get(naming.PROP_ARKIT_NAMES, ()))
+    missing = [k for k in arkit_names if k not in keys]
+    if missing:
+        raise avatar_file.AvatarFileError("arkit_dirs", f"the ARKit shape keys {missing[:3]} of '{mesh_obj.name}' were removed")
+    arkit = [_key_co(keys[k], n) - basis for k in arkit_names]
     joint_names = tuple(mesh_obj[naming.PROP_JOINT_NAMES])
     n_expr = len(expr)
     totals = np.empty(len(me.polygons), dtype=np.int32)
@@ -69,4 +74,16 @@ def read_avatar(obj) -> avatar_file.Avatar:
         faces=faces.reshape(-1, 3),
         shape_params=np.asarray(mesh_obj[naming.PROP_SHAPE_PARAMS], dtype=np.float32),
         meta=json.loads(mesh_obj[naming.PROP_AVATAR]),
+        arkit_dirs=np.stack(arkit, axis=2) if arkit else None,
+        arkit_names=arkit_names,
+        opacity_logit=_source_logits(me),
     )
+
+
+def _source_logits(me) -> np.ndarray | None:
+    """The source file's opacity logits, with fresh ones where the artist changed the opacity."""
+    if naming.ATTR_OPACITY_LOGIT not in me.attributes:
+        return None
+    logit, opacity = _attr(me, naming.ATTR_OPACITY_LOGIT, 1), _attr(me, naming.ATTR_OPACITY, 1)
+    edited = np.abs(ply.logit_to_opacity(logit).astype(np.float64) - opacity) > 1e-7
+    return np.where(edited, ply.opacity_to_logit(opacity), logit).astype(np.float32)

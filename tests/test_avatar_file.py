@@ -1,4 +1,4 @@
-"""The avatar file contract (backend/core/avatar_file.py): round trip and every refusal."""
+"""The avatar file contract (backend/core/formats/avatar_file.py): round trip and every refusal."""
 
 from __future__ import annotations
 
@@ -30,6 +30,31 @@ def test_round_trip_is_exact(tmp_path):
         assert npz["xyz"].dtype == np.float32 and npz["faces"].dtype == np.int32 and npz["parents"].dtype == np.int32
         assert json.loads(str(npz["meta"])) == av.meta
     assert [p.name for p in path.parent.iterdir()] == ["head.npz"]  # no temporary left
+
+
+def test_optional_keys_round_trip_and_stay_optional(tmp_path):
+    av = make_avatar(n_points=60, n_expr=3, seed=4)
+    rng = np.random.default_rng(0)
+    av.arkit_dirs = rng.normal(scale=1e-3, size=(60, 3, 4)).astype(np.float32)
+    av.arkit_names = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthClose")
+    av.opacity = np.clip(av.opacity, 0.01, 0.99).astype(np.float32)
+    av.opacity_logit = np.log(av.opacity / (1 - av.opacity)).astype(np.float32)
+    av.pose_dirs = np.zeros((60, 3, 0), np.float32)  # no pose correctives
+    back = load_avatar(save_avatar(tmp_path / "a.npz", av))
+    np.testing.assert_array_equal(back.arkit_dirs, av.arkit_dirs)
+    assert back.arkit_names == av.arkit_names and back.n_arkit == 4
+    np.testing.assert_array_equal(back.opacity_logit, av.opacity_logit)
+    assert not back.has_pose_correctives
+    with np.load(tmp_path / "a.npz") as npz:
+        assert set(npz.files) == set(af.REQUIRED_KEYS) | set(af.OPTIONAL_KEYS)
+
+
+def test_version_1_files_still_load(tmp_path):
+    arrays = to_arrays(make_avatar(30, 2))
+    arrays["version"] = np.array(1, dtype=np.int32)
+    np.savez(tmp_path / "v1.npz", **arrays)
+    back = load_avatar(tmp_path / "v1.npz")
+    assert back.arkit_dirs is None and back.arkit_names == () and back.opacity_logit is None
 
 
 def test_validate_converts_dtypes():
@@ -73,7 +98,7 @@ CASES = [
     (_arrays(format=np.array("something-else")), "format", "expected 'lam-head-avatar'"),
     (_arrays(version=np.array(1.0)), "version", "integer scalar"),
     (_arrays(version=np.array([1])), "version", "integer scalar"),
-    (_arrays(version=np.array(2)), "version", "not supported"),
+    (_arrays(version=np.array(3)), "version", "not supported"),
     (_arrays(version=np.array(0)), "version", "not supported"),
     (_arrays(rgb=np.full((N, 3), "a")), "rgb", "expected a float array"),
     (_modified("scale", _set((0, 0), np.nan)), "scale", "NaN or infinite"),
@@ -112,6 +137,14 @@ CASES = [
     (_arrays(meta=np.array(["{}"])), "meta", "expected a string"),
     (_arrays(meta=np.array("{not json")), "meta", "not valid JSON"),
     (_arrays(meta=np.array("[1, 2]")), "meta", "JSON object"),
+    (_arrays(arkit_dirs=np.zeros((N, 3, 2), np.float32)), "arkit_names", "missing ('arkit_dirs' is present"),
+    (_arrays(arkit_names=np.array(["jawOpen"])), "arkit_dirs", "missing ('arkit_names' is present"),
+    (_arrays(arkit_dirs=np.zeros((N, 2, 2), np.float32), arkit_names=np.array(["a", "b"])), "arkit_dirs", "does not match"),
+    (_arrays(arkit_dirs=np.zeros((N, 3, 2), np.float32), arkit_names=np.array(["a"])), "arkit_names", "expected 2 strings"),
+    (_arrays(arkit_dirs=np.zeros((N, 3, 2), np.float32), arkit_names=np.array(["a", "a"])), "arkit_names", "unique"),
+    (_arrays(arkit_dirs=np.full((N, 3, 1), np.nan, np.float32), arkit_names=np.array(["a"])), "arkit_dirs", "NaN"),
+    (_arrays(opacity_logit=np.zeros(N + 1, np.float32)), "opacity_logit", f"expected ({N})"),
+    (_arrays(opacity_logit=np.full(N, 9.0, np.float32)), "opacity_logit", "disagrees with 'opacity'"),
 ]
 
 

@@ -185,6 +185,25 @@ def test_fit_runs_with_an_installed_landmark_embedding(tmp_path, kit, capsys):
     avatar = load_avatar(out)
     assert not any("embedding not installed" in w for w in res.warnings)
     assert np.isfinite(avatar.meta["fit_rms_px"]) and np.abs(avatar.shape_params).max() > 0  # a fit ran
+    # the config says shape_param_dim 10; the fit still moves components beyond the tenth
+    assert json.loads((kit["weights"] / "config.json").read_text())["shape_param_dim"] == 10
+    assert avatar.shape_params.size == 300 and np.abs(avatar.shape_params[10:]).max() > 0
+
+
+def test_flame_keeps_300_shape_and_100_expression_components_whatever_the_config_says(tmp_path, kit):
+    from backend.flame import load_flame
+    from backend.flame.subdivide import plan_subdivision
+
+    weights = make_tiny_weights_dir(tmp_path, config_overrides={"shape_param_dim": 10, "expr_param_dim": 10})
+    out = tmp_path / "a.npz"
+    create_avatar(kit["photo"], out, weights=weights, flame=kit["flame"])
+    avatar = load_avatar(out)
+    assert avatar.shape_params.size == 300 and avatar.n_expr == 100
+    assert avatar.meta["flame_components"] == {"shape": 300, "expression": 100}
+    # the expression keys are FLAME's expression columns 300..399, not its shape columns 10..19
+    flame = load_flame(kit["flame"])
+    want = plan_subdivision(flame.faces, flame.n_vertices, 1).apply(flame.shapedirs[:, :, 300:400])
+    np.testing.assert_allclose(avatar.expr_dirs, want, atol=1e-7)
 
 
 def test_preview_png_shows_the_head(tmp_path, kit):

@@ -2,8 +2,8 @@
 
 Without file options it downloads LAM-20K (and with ``--lam-assets`` LAM's
 asset archive with FLAME) from ``--origin`` after the licences are accepted.
-``--weights DIR`` / ``--flame FILE`` / ``--landmark-embedding FILE`` register
-local files instead (no download).
+``--weights DIR`` / ``--flame FILE`` / ``--landmark-embedding FILE`` /
+``--lam-template ZIP`` register local files instead (no download).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="DIR", help="register a local folder with config.json + model.safetensors")
     parser.add_argument("--flame", metavar="FILE", help="register a local FLAME model (.pkl, e.g. FLAME 2023 Open)")
     parser.add_argument("--landmark-embedding", metavar="FILE", help="register a local landmark_embedding_with_eyes.npy")
+    parser.add_argument("--lam-template", metavar="ZIP",
+                        help="register a LAM web avatar ZIP as the template of exported ZIPs and the ARKit basis source")
     parser.add_argument("--origin", default=os.environ.get("LAM_HEAD_ORIGIN"),
                         help="download origin (default $LAM_HEAD_ORIGIN or https://huggingface.co)")
     parser.add_argument("--force", action="store_true", help="download again even if present")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         lines = assets.run_setup(
             accept_licences=args.accept_licences, lam_assets=args.lam_assets, weights=args.weights,
-            flame=args.flame, landmark_embedding=args.landmark_embedding, origin=args.origin, force=args.force,
+            flame=args.flame, landmark_embedding=args.landmark_embedding, lam_template=args.lam_template,
+            origin=args.origin, force=args.force,
             confirm=_prompt, progress=bar,
         )
     finally:

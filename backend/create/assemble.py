@@ -47,5 +47,7 @@ def assemble_avatar(
         faces=rig.faces,
         shape_params=rig.shape_params,
         meta=dict(meta),
+        arkit_dirs=rig.arkit_dirs,
+        arkit_names=tuple(rig.arkit_names),
     )
     return avatar_file.validate(avatar_file.to_arrays(avatar))

@@ -197,8 +197,7 @@ def create_avatar(
                 on_warning(msg)
 
     res = resolve_assets(weights, flame)
-    n_shape = int(res.config.get("shape_param_dim", 300))
-    n_expr = int(res.config.get("expr_param_dim", 100))
+    _note_ignored_component_counts(res.config)
     levels = int(res.config.get("flame_subdivide_num", 1))
 
     from .. import fit as fit_mod
@@ -223,18 +222,23 @@ def create_avatar(
             _save_debug(Path(debug_dir), prepared)
 
         stages.enter("fit", "loading FLAME")
-        flame_model = _load_flame(flame_mod, network, res, n_shape)
+        flame_model = _load_flame(flame_mod, network, res)
         embedding = fit_mod.load_landmark_embedding(res.landmark_embedding) if res.landmark_embedding else None
         size = int(prepared.image.shape[0])
+        # Every shape and expression component of the FLAME file (300 / 100 for FLAME 2023).
         fitted = fit_mod.fit_flame(flame_model, prepared.landmarks68, size, embedding=embedding,
-                                   progress=stages.sub("fit"), cancel=cancel, n_shape=n_shape, n_expr=n_expr)
+                                   progress=stages.sub("fit"), cancel=cancel, n_shape=flame_model.n_shape,
+                                   n_expr=flame_model.n_expr)
         for w in fitted.warnings:
             warn(w)
         if debug_dir is not None:
             _save_fit(Path(debug_dir), fitted)
 
         stages.enter("rig")
-        rig = flame_mod.build_rig(flame_model, fitted.betas, levels=levels, n_expr=n_expr)
+        basis, basis_note = _arkit_basis(flame_mod, flame_model)
+        if basis_note:
+            warn(basis_note)
+        rig = flame_mod.build_rig(flame_model, fitted.betas, levels=levels, arkit=basis)
 
         del flame_model, embedding, rgb
         _return_freed_memory()  # before the network's multi-GB peak
@@ -262,6 +266,8 @@ def create_avatar(
             "device": str(dev),
             "precision": precision,
             "fit_rms_px": None if math.isnan(fitted.rms_px) else float(fitted.rms_px),  # NaN: no fit ran
+            "flame_components": {"shape": int(rig.shape_params.size), "expression": int(rig.expr_dirs.shape[2])},
+            "arkit_basis": None if basis is None else basis.source,
             "licences": LICENCES,
         }
         avatar = assemble_avatar(rig, pred.xyz, pred.rgb, pred.opacity, pred.scale, pred.rotation, meta)
@@ -294,7 +300,31 @@ def create_avatar(
                         Path(preview) if preview is not None and Path(preview) in created else None)
 
 
-def _load_flame(flame_mod: Any, network: Any, res: ResolvedAssets, n_shape: int):
+def _note_ignored_component_counts(config: dict) -> None:
+    """LAM_SPEC section 2: the official renderer builds FLAME with 300 shape and 100 expression
+    components whatever ``shape_param_dim`` / ``expr_param_dim`` say (10 / 10 in the released
+    LAM-20K config), so those fields are never used for FLAME here either."""
+    fields = {k: config[k] for k in ("shape_param_dim", "expr_param_dim") if k in config}
+    if fields:
+        log.info("config %s ignored: FLAME keeps all its shape and expression components, as in LAM's renderer",
+                 ", ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+def _arkit_basis(flame_mod: Any, flame_model) -> tuple[Any, str | None]:
+    """The ARKit basis for this FLAME (registered LAM template, else the bundled one) and a note
+    for the user when the avatar gets no ARKit keys."""
+    try:
+        basis = assets.installed_arkit_basis()
+    except LamHeadError as exc:
+        return None, f"no ARKit shape keys: {exc}"
+    why = basis.mismatch(flame_model.faces, flame_model.n_vertices)
+    if why is not None:
+        return None, f"no ARKit shape keys: {why} (ARKit controls need FLAME 2023's mesh)"
+    return basis, None
+
+
+def _load_flame(flame_mod: Any, network: Any, res: ResolvedAssets):
+    n_shape = flame_mod.FLAME_SHAPE_COMPONENTS
     if res.flame_path is not None:
         return flame_mod.load_flame(res.flame_path, n_shape=n_shape)
     buffers = network.read_flame_buffers(res.weights_dir)

@@ -23,6 +23,9 @@ from .restricted_pickle import restricted_loads, to_plain
 from .subdivide import faces_from_subdivided, plan_subdivision
 
 FLAME_JOINT_NAMES = ("root", "neck", "jaw", "eye_l", "eye_r")
+# Shape components at the front of FLAME's ``shapedirs`` (FLAME 2020/2023: 300 shape, then 100
+# expression). LAM's renderer uses exactly these counts (LAM_SPEC section 2).
+FLAME_SHAPE_COMPONENTS = 300
 LAM_PREFIX = "renderer.flame_model."
 _WEIGHT_SUM_TOL = 1e-3
 _NPZ_FORMAT = "lam-head-flame"
@@ -83,7 +86,7 @@ class FlameModel:
     # ------------------------------------------------------------------ loaders
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, Any], n_shape: int = 300) -> FlameModel:
+    def from_arrays(cls, arrays: Mapping[str, Any], n_shape: int = FLAME_SHAPE_COMPONENTS) -> FlameModel:
         """Build from official pickle names (v_template, shapedirs, posedirs V,3,P, J_regressor,
         weights, kintree_table, f) or LAM checkpoint buffer names (with or without the
         ``renderer.flame_model.`` prefix: posedirs P,V*3, parents, lbs_weights, and no original
@@ -136,7 +139,7 @@ class FlameModel:
         return model
 
     @classmethod
-    def from_pickle(cls, path: str | os.PathLike, n_shape: int = 300) -> FlameModel:
+    def from_pickle(cls, path: str | os.PathLike, n_shape: int = FLAME_SHAPE_COMPONENTS) -> FlameModel:
         """An official FLAME pickle (Python 2, chumpy, scipy.sparse), read without those libraries."""
         path = Path(path)
         data = _read(path)
@@ -176,7 +179,7 @@ class FlameModel:
                 return _with_path(path, build)
             except KeyError as exc:
                 raise BadInputError(f"FLAME file '{path}': missing {exc}") from None
-        n_shape = int(arrays.pop("n_shape", 300))
+        n_shape = int(arrays.pop("n_shape", FLAME_SHAPE_COMPONENTS))
         return _with_path(path, lambda: cls.from_arrays(arrays, n_shape=n_shape))
 
     def save_npz(self, path: str | os.PathLike) -> Path:
@@ -232,7 +235,7 @@ class FlameModel:
             raise BadInputError(f"FLAME model: {len(self.joint_names)} joint names for {j} joints")
 
 
-def load_flame(path: str | os.PathLike, n_shape: int = 300) -> FlameModel:
+def load_flame(path: str | os.PathLike, n_shape: int = FLAME_SHAPE_COMPONENTS) -> FlameModel:
     """Load a FLAME model from an official pickle, our npz, or a LAM checkpoint
     (``.safetensors`` or a folder holding ``model.safetensors`` with ``renderer.flame_model.*``
     buffers), deciding by content."""

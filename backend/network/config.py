@@ -228,8 +228,10 @@ def lam20k_config() -> dict[str, Any]:
         "gs_xyz_offset_max_step": 0.2,
         "gs_clip_scaling": 0.01,
         "scale_sphere": False,
-        "expr_param_dim": 100,
-        "shape_param_dim": 300,
+        # As in the released config.json (configs/inference/lam-20k-8gpu.yaml). Never used for
+        # FLAME: LAM's renderer always builds it with 300 shape + 100 expression components.
+        "expr_param_dim": 10,
+        "shape_param_dim": 10,
         "add_teeth": False,
         "fix_opacity": False,
         "fix_rotation": False,

@@ -70,6 +70,7 @@ _PARAM_SPECS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "weights": ((str, type(None)), False),
         "flame": ((str, type(None)), False),
         "landmark_embedding": ((str, type(None)), False),
+        "lam_template": ((str, type(None)), False),
         "origin": ((str, type(None)), False),
     },
 }

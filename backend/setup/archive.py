@@ -4,7 +4,8 @@ Every member is checked before anything is written; one bad member refuses the
 whole archive: no absolute paths or drive letters, no ``..`` components, no
 device files or FIFOs, and links only when their target stays inside the
 destination (links are then not materialised: only regular files and
-directories are written, each via a temporary file and a rename).
+directories are written, each via a temporary file and a rename). Member names
+are checked by :mod:`backend.core.formats.archive_paths`, shared with the ZIP readers.
 """
 
 from __future__ import annotations
@@ -14,35 +15,20 @@ import posixpath
 import shutil
 import tarfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..core.atomic_write import atomic_path
 from ..core.errors import BadInputError, CancelToken
+from ..core.formats.archive_paths import UnsafeArchiveError, safe_member_path
 
-
-class UnsafeArchiveError(BadInputError):
-    code = "unsafe_archive"
-
-
-def _clean_member_path(name: str) -> PurePosixPath:
-    """A member name as a safe relative path, or UnsafeArchiveError."""
-    if "\\" in name or "\0" in name:
-        raise UnsafeArchiveError(f"archive member {name!r}: backslashes or NUL in the path")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(f"archive member {name!r}: absolute path")
-    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise UnsafeArchiveError(f"archive member {name!r}: '..' in the path")
-    if not parts:
-        return PurePosixPath(".")
-    return PurePosixPath(*parts)
+__all__ = ["UnsafeArchiveError", "check_members", "safe_extract"]
 
 
 def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     """Validate every member; return them (in archive order)."""
     members = tar.getmembers()
     for m in members:
-        rel = _clean_member_path(m.name)
+        rel = safe_member_path(m.name)
         if m.issym() or m.islnk():
             target = m.linkname
             if target.startswith("/") or "\\" in target:
@@ -80,7 +66,7 @@ def safe_extract(
         total = sum(m.size for m in files) or 1
         done = 0
         for m in members:
-            rel = _clean_member_path(m.name)
+            rel = safe_member_path(m.name)
             target = (dest / rel).resolve()
             if target != dest and dest not in target.parents:  # belt and braces (symlinked dest subdirs)
                 raise UnsafeArchiveError(f"archive member {m.name!r} would land outside {dest}")

@@ -8,6 +8,8 @@ Cache folder: ``$LAM_HEAD_HOME``, else ``$XDG_CACHE_HOME/lam-head``, else
     LAM-20K/model.safetensors
     lam_assets/...              extracted LAM_assets.tar (HF 3DAIGC/LAM-assets)
     flame/<file>                a FLAME model given with --flame (copied)
+    lam_template/<name>.zip     the LAM web ZIP given with --lam-template (copied), and
+    lam_template/arkit_basis.npz  the ARKit basis derived from it
     downloads/                  .part files of interrupted downloads
 
 Weights given with ``--weights DIR`` are registered in place (2.4 GB is not
@@ -42,6 +44,8 @@ EMBEDDING_NAME = "landmark_embedding_with_eyes.npy"
 FIX_WEIGHTS = "lam-head setup --accept-licences  (or: lam-head setup --weights DIR)"
 FIX_FLAME = "lam-head setup --accept-licences --lam-assets  (or: lam-head setup --flame FILE)"
 FIX_EMBEDDING = "lam-head setup --accept-licences --lam-assets  (or: lam-head setup --landmark-embedding FILE)"
+FIX_LAM_TEMPLATE = ("lam-head setup --lam-template ZIP  (any LAM web avatar ZIP, e.g. one made by the LAM demo, "
+                    "or asset/arkit/p2-1.zip of github.com/aigc3d/LAM_WebRender)")
 
 LICENCES = {
     "weights": (
@@ -186,6 +190,23 @@ def installed_landmark_embedding() -> Path | None:
     return _installed_file("landmark_embedding")
 
 
+def installed_lam_template() -> Path | None:
+    """The registered LAM web ZIP (template of exported ZIPs, source of the ARKit basis)."""
+    return _installed_file("lam_template")
+
+
+def installed_arkit_basis():
+    """The ARKit basis for new avatars: derived from the registered LAM template, else the
+    one bundled with the backend. Raises BadInputError when the stored one is unreadable."""
+    from ..flame import arkit_basis
+
+    entry = load_manifest().get("lam_template") or {}
+    basis_file = entry.get("basis")
+    if installed_lam_template() is not None and basis_file and Path(basis_file).is_file():
+        return arkit_basis.load(basis_file)
+    return arkit_basis.bundled()
+
+
 def status() -> list[dict[str, Any]]:
     """One entry per asset: name, required, present, path, source, fix, detail."""
     manifest = load_manifest()
@@ -214,6 +235,16 @@ def status() -> list[dict[str, Any]]:
         "source": (manifest.get("landmark_embedding") or {}).get("source") if emb else None, "verified": None,
         "fix": None if emb else FIX_EMBEDDING,
         "detail": "FLAME landmark embedding with eyes (optional: without it no FLAME fit runs and the average head shape is used)",
+    })
+    tpl = installed_lam_template()
+    entry = manifest.get("lam_template") or {}
+    out.append({
+        "name": "lam_template", "required": False, "present": tpl is not None, "path": str(tpl) if tpl else None,
+        "source": entry.get("source") if tpl else None, "verified": entry.get("verified") if tpl else None,
+        "fix": None if tpl else FIX_LAM_TEMPLATE,
+        "detail": ("LAM web ZIP template: the skeleton, animations and ARKit targets of exported LAM ZIPs and the ARKit "
+                   "basis of new avatars (optional: without it avatars get the bundled ARKit basis, from LAM_WebRender's "
+                   "MIT sample, and ZIP export needs --template)"),
     })
     return out
 
@@ -330,6 +361,24 @@ def register_landmark_embedding(file: str | os.PathLike) -> str:
     return f"landmark embedding: copied {src.name} to {dest}"
 
 
+def register_lam_template(file: str | os.PathLike) -> str:
+    """Check that ``file`` is a LAM web ZIP, copy it into the cache, derive its ARKit basis."""
+    from ..core.formats.lam_zip import read_template
+    from ..flame import arkit_basis
+
+    src = Path(file).expanduser().resolve()
+    template = read_template(src)  # raises BadInputError naming what is wrong
+    basis = arkit_basis.from_template(template)
+    dest = _copy_in(src, "lam_template")
+    basis_file = basis.save(home() / "lam_template" / "arkit_basis.npz")
+    _record("lam_template", {
+        "path": str(dest), "basis": str(basis_file), "source": f"local file {src}",
+        "verified": f"read as a LAM web ZIP (sha256 {template.source_sha256}); {len(basis.names)} ARKit targets on "
+                    f"{basis.n_vertices} vertices",
+    })
+    return f"LAM template: copied {src.name} to {dest} ({len(basis.names)} ARKit targets)"
+
+
 def run_setup(
     *,
     accept_licences: bool = False,
@@ -337,6 +386,7 @@ def run_setup(
     weights: str | os.PathLike | None = None,
     flame: str | os.PathLike | None = None,
     landmark_embedding: str | os.PathLike | None = None,
+    lam_template: str | os.PathLike | None = None,
     origin: str | None = None,
     force: bool = False,
     confirm: Callable[[list[str]], bool] | None = None,
@@ -356,7 +406,9 @@ def run_setup(
         lines.append(register_flame(flame))
     if landmark_embedding:
         lines.append(register_landmark_embedding(landmark_embedding))
-    download_weights = not (weights or flame or landmark_embedding)
+    if lam_template:
+        lines.append(register_lam_template(lam_template))
+    download_weights = not (weights or flame or landmark_embedding or lam_template)
     if download_weights and installed_weights_dir() is not None and not force:
         lines.append(f"weights: already installed in {installed_weights_dir()} (--force downloads again)")
         download_weights = False

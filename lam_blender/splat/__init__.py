@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bpy
 
+from .. import naming
 from . import drivers, material, nodes
 
 MODIFIER_NAME = "LAM Splats"
@@ -24,7 +25,8 @@ def attach(mesh_obj: bpy.types.Object, scene: bpy.types.Scene | None = None) -> 
     if mesh_obj is None or mesh_obj.type != "MESH":
         raise TypeError("the splat node path needs a mesh object")
     mat = material.get_material()
-    group = nodes.get_node_group(mat)
+    joints = tuple(mesh_obj.get(naming.PROP_JOINT_NAMES, nodes.FLAME_JOINTS))
+    group = nodes.get_node_group(mat, joints)
     mod = mesh_obj.modifiers.get(MODIFIER_NAME)
     if mod is None or mod.type != "NODES":
         mod = mesh_obj.modifiers.new(MODIFIER_NAME, "NODES")

@@ -21,7 +21,7 @@ def drive_bones(mod: bpy.types.NodesModifier, arm_obj: bpy.types.Object) -> int:
     obj = mod.id_data
     group = mod.node_group
     driven = 0
-    for bone in nodes.BONE_INPUTS:
+    for bone in nodes.bone_inputs(group):
         path = f'modifiers["{bpy.utils.escape_identifier(mod.name)}"]["{nodes.input_identifier(group, bone)}"]'
         for axis in range(3):
             obj.driver_remove(path, axis)

@@ -22,6 +22,9 @@ in the viewport; renders always use all points).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import bpy
 
 from .. import naming
@@ -29,6 +32,7 @@ from .. import naming
 GROUP_NAME = "LAM Gaussian Splats"
 GROUP_VERSION = 3  # bump when the node layout changes: stale groups are rebuilt
 PROP_VERSION = "lam_splat_version"
+PROP_JOINTS = "lam_splat_joints"  # the avatar joint names the group blends (one bone input each)
 
 # Primitive: an ico sphere whose faces lie at least SIGMA_EXTENT away from its centre
 # (in units of the Gaussian's standard deviations, the instance is scaled by sigma).
@@ -44,7 +48,7 @@ IN_BUDGET = "Viewport Points"
 IN_FOLLOW = "Follow Deformation"
 IN_RIG = "Rig"  # the armature object; bone inputs (one Rotation per bone, named as the bone) are driven
 RIG_PANEL = "Rig (driven)"
-BONE_INPUTS = tuple(naming.BONE_NAMES.values())
+FLAME_JOINTS = tuple(naming.BONE_NAMES)  # our avatars' joints; other skeletons (LAM ZIPs) get a group of their own
 DEFAULTS = {IN_SIZE: 1.0, IN_CUTOFF: 1.0 / 255.0, IN_BUDGET: 50000, IN_FOLLOW: True}
 
 
@@ -91,8 +95,25 @@ class _Builder:
         return self.out(n, "Attribute")
 
 
-def _new_group() -> bpy.types.NodeTree:
-    tree = bpy.data.node_groups.new(GROUP_NAME, "GeometryNodeTree")
+def group_name(joints: Sequence[str]) -> str:
+    """One group per skeleton: FLAME's keeps the plain name, others add a digest of their joints."""
+    if tuple(joints) == FLAME_JOINTS:
+        return GROUP_NAME
+    return f"{GROUP_NAME} [{hashlib.sha1(chr(0).join(joints).encode()).hexdigest()[:8]}]"
+
+
+def group_joints(tree: bpy.types.NodeTree) -> tuple[str, ...]:
+    return tuple(tree.get(PROP_JOINTS, FLAME_JOINTS))
+
+
+def bone_inputs(tree: bpy.types.NodeTree) -> tuple[str, ...]:
+    """The group's bone-rotation inputs, named as the bones (in joint order)."""
+    return tuple(naming.bone_name(j) for j in group_joints(tree))
+
+
+def _new_group(joints: Sequence[str]) -> bpy.types.NodeTree:
+    tree = bpy.data.node_groups.new(group_name(joints), "GeometryNodeTree")
+    tree[PROP_JOINTS] = list(joints)
     if hasattr(tree, "is_modifier"):
         tree.is_modifier = True
     iface = tree.interface
@@ -114,7 +135,7 @@ def _new_group() -> bpy.types.NodeTree:
     s = iface.new_socket(IN_RIG, in_out="INPUT", socket_type="NodeSocketObject")
     s.description = "The avatar's armature"
     iface.move_to_parent(s, panel, 0)
-    for i, bone in enumerate(BONE_INPUTS):
+    for i, bone in enumerate(bone_inputs(tree)):
         s = iface.new_socket(bone, in_out="INPUT", socket_type="NodeSocketRotation")
         s.description = f"World rotation of bone '{bone}' (driven; do not edit)"
         iface.move_to_parent(s, panel, i + 1)
@@ -138,7 +159,8 @@ def _blended_rotation(b: _Builder, gin):
     rig_rel_inv = b.out(b.node("FunctionNodeInvertRotation", {"Rotation": rig_rel}), "Rotation")
     w_sum = None
     xyz_sum = None
-    for joint, bone in naming.BONE_NAMES.items():
+    for joint in group_joints(b.tree):
+        bone = naming.bone_name(joint)
         pose = b.out(b.node("FunctionNodeRotateRotation", {"Rotation": b.out(gin, bone), "Rotate By": rig_world_inv},
                             rotation_space="GLOBAL"), "Rotation")  # R_arm^-1 B_j
         g = b.out(b.node("FunctionNodeRotateRotation", {"Rotation": pose, "Rotate By": rig_rel},
@@ -200,14 +222,18 @@ def _build(tree: bpy.types.NodeTree, material: bpy.types.Material) -> None:
     tree.links.new(inst, _socket(gout.inputs, "Geometry"))
 
 
-def get_node_group(material: bpy.types.Material) -> bpy.types.NodeTree:
-    """The shared splat node group (built once per file; rebuilt if from an older add-on version)."""
-    tree = bpy.data.node_groups.get(GROUP_NAME)
-    if tree is not None and tree.get(PROP_VERSION) == GROUP_VERSION and tree.bl_idname == "GeometryNodeTree":
+def get_node_group(material: bpy.types.Material, joints: Sequence[str] = FLAME_JOINTS) -> bpy.types.NodeTree:
+    """The splat node group shared by avatars with these ``joints`` (built once per file;
+    rebuilt if from an older add-on version)."""
+    joints = tuple(joints)
+    name = group_name(joints)
+    tree = bpy.data.node_groups.get(name)
+    if (tree is not None and tree.get(PROP_VERSION) == GROUP_VERSION and tree.bl_idname == "GeometryNodeTree"
+            and group_joints(tree) == joints):
         return tree
     if tree is not None:
-        tree.name = GROUP_NAME + " (old)"
-    tree = _new_group()
+        tree.name = name + " (old)"
+    tree = _new_group(joints)
     _build(tree, material)
     return tree
 

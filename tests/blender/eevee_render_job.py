@@ -1,8 +1,9 @@
 """Render an avatar through the splat node path in a separate process (EEVEE aborts the
 whole process when no OpenGL driver is found, so EEVEE renders never run in-process).
 
-Usage: ``python eevee_render_job.py --zip EXT.zip --avatar AVATAR.npz --out OUT.exr
-[--engine EEVEE|CYCLES] [--size 96] [--samples 8]``. Prints one JSON line on success:
+Usage: ``python eevee_render_job.py --zip EXT.zip --avatar AVATAR.npz|LAM.zip --out OUT.exr
+[--engine EEVEE|CYCLES] [--size 96] [--samples 8] [--keys jawOpen=0.6,...] [--centre]``
+(``--centre``: aim at the head's centre instead of the origin; ``--keys``: shape-key values). Prints one JSON line on success:
 ``{"ok": true, "engine": ..., "camera": {...}}``; exits non-zero otherwise.
 
 The scene helpers (camera, render settings, EXR reading, Blender camera -> pinhole
@@ -33,14 +34,14 @@ def eevee_engine_id(bpy) -> str:
     return "BLENDER_EEVEE_NEXT" if "BLENDER_EEVEE_NEXT" in items else "BLENDER_EEVEE"  # 4.2-4.5 vs 5.x
 
 
-def add_camera(bpy, scene):
+def add_camera(bpy, scene, target=(0.0, 0.0, 0.0)):
     data = bpy.data.cameras.new("LAM test camera")
     data.lens = CAMERA_LENS_MM
     data.sensor_width = CAMERA_SENSOR_MM
     data.sensor_fit = "HORIZONTAL"
     cam = bpy.data.objects.new("LAM test camera", data)
     scene.collection.objects.link(cam)
-    cam.location = CAMERA_LOCATION
+    cam.location = tuple(c + t for c, t in zip(CAMERA_LOCATION, target))
     cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
     scene.camera = cam
     return cam
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="EEVEE", choices=("EEVEE", "CYCLES"))
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--keys", default="", help="shape-key values, e.g. jawOpen=0.6,eyeBlinkLeft=1")
+    p.add_argument("--centre", action="store_true", help="aim the camera at the centre of the points")
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared factories
@@ -127,13 +130,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if ADDON_MODULE not in bpy.context.preferences.addons:
         addon_utils.enable(ADDON_MODULE, default_set=True)
-    res = bpy.ops.lam_head.import_avatar(filepath=args.avatar)
+    if args.avatar.lower().endswith(".zip"):
+        res = bpy.ops.lam_head.import_lam_zip(filepath=args.avatar)
+    else:
+        res = bpy.ops.lam_head.import_avatar(filepath=args.avatar)
     if res != {"FINISHED"}:
         print(f"importing the avatar failed: {res}", file=sys.stderr)
         return 3
     scene = bpy.context.scene
     mesh_obj = bpy.context.view_layer.objects.active
-    add_camera(bpy, scene)
+    for item in filter(None, args.keys.split(",")):
+        name, value = item.split("=")
+        mesh_obj.data.shape_keys.key_blocks[name].value = float(value)
+    target = (0.0, 0.0, 0.0)
+    if args.centre:
+        bpy.context.view_layer.update()  # world matrices of the new objects
+        co = np.empty(len(mesh_obj.data.vertices) * 3, dtype=np.float32)
+        mesh_obj.data.vertices.foreach_get("co", co)
+        m = np.array(mesh_obj.matrix_world, dtype=np.float64)
+        target = tuple((m[:3, :3] @ co.reshape(-1, 3).mean(axis=0) + m[:3, 3]).tolist())
+    add_camera(bpy, scene, target)
     configure_render(bpy, scene, args.engine, args.size, args.samples, args.out)
     bpy.ops.render.render(write_still=True)
     if not Path(args.out).is_file():

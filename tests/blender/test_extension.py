@@ -35,8 +35,11 @@ def test_zip_carries_addon_and_backend_only(lam_extension_zip):
     assert "lam_blender/__init__.py" in names and "lam_blender/naming.py" in names
     assert "backend/core/formats/avatar_file.py" in names and "backend/__main__.py" in names
     assert "backend/requirements.txt" in names, "Install Backend needs it"
+    bundled = "backend/flame/data/arkit_basis_lam.npz"  # the one data file that ships (ARKit basis, MIT)
+    assert bundled in names and "backend/flame/data/LICENSE-LAM_WebRender.txt" in names
     bad = [n for n in names if n.split("/")[0] in {"tests", "bench", ".venv", ".git", "dist", "shared", ".ci"}
-           or "__pycache__" in n or n.endswith((".pyc", ".npz", ".safetensors", ".zip")) or ".egg-info" in n]
+           or "__pycache__" in n or (n.endswith((".pyc", ".npz", ".safetensors", ".zip")) and n != bundled)
+           or ".egg-info" in n]
     assert not bad, bad
 
 

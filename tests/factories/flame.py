@@ -119,8 +119,17 @@ def make_flame_arrays(
 ) -> dict[str, np.ndarray]:
     """FLAME's arrays under the pickle's names, float64 like the official files.
     J_regressor is dense here (:func:`write_flame_pickle` stores it sparse)."""
-    rng = np.random.default_rng(seed)
     v, f = head_mesh(n_vertices, n_faces, seed)
+    return flame_arrays_on_mesh(v, f, n_shape, n_expr, seed)
+
+
+def flame_arrays_on_mesh(
+    v: np.ndarray, f: np.ndarray, n_shape: int = 300, n_expr: int = 100, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """FLAME's arrays for a given mesh (``v`` V,3 in FLAME's frame, ``f`` F,3): the real
+    topology with made-up blendshapes, joint regressor and skinning weights."""
+    rng = np.random.default_rng(seed)
+    v = np.asarray(v, dtype=np.float64)
     n = v.shape[0]
     # smooth blendshapes: random combinations of low-order polynomials of the position
     c = (v - v.mean(0)) / 0.1
@@ -148,7 +157,7 @@ def make_flame_arrays(
         "J_regressor": j_reg,
         "weights": weights,
         "kintree_table": kintree,
-        "f": f.astype(np.uint32),
+        "f": np.asarray(f).astype(np.uint32),
     }
 
 
@@ -389,6 +398,7 @@ __all__ = [
     "Py2Object",
     "chumpy",
     "csc_matrix",
+    "flame_arrays_on_mesh",
     "head_mesh",
     "lam_buffers",
     "make_flame_arrays",

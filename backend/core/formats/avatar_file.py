@@ -3,6 +3,19 @@
 Numpy only: the Blender add-on imports this module too. The layout is
 specified in DESIGN.md ("The avatar file"); this module is its single
 implementation. Files are written atomically and read without pickle.
+
+Every source of a head lands in this one model: ``create`` (FLAME rig, five joints,
+100 expression components, optional ARKit targets on FLAME's topology) and LAM web
+ZIPs (no FLAME expressions, the ZIP's skeleton and its 51 ARKit targets). Version 2
+added the optional keys, all validated like the rest:
+
+* ``arkit_dirs`` N,3,K float32 + ``arkit_names`` K str: named ARKit blendshapes
+  (``jawOpen``, ``eyeBlinkLeft``, ...), deltas like ``expr_dirs``; both or neither.
+* ``opacity_logit`` N float32: the opacity as the source file stored it (a logit), so an
+  unedited avatar re-exports bit-exactly; it must agree with ``opacity``.
+
+``pose_dirs`` may have 0 features (no pose correctives, e.g. a skeleton that is not FLAME's).
+Version 1 files (no optional keys) still load.
 """
 
 from __future__ import annotations
@@ -20,13 +33,14 @@ import numpy as np
 from ..atomic_write import atomic_path
 
 FORMAT = "lam-head-avatar"
-VERSION = 1
+VERSION = 2
 JOINT_NAMES = ("root", "neck", "jaw", "eye_l", "eye_r")
 
 # Tolerances for the semantic checks: loose enough for float32 round-off.
 _WEIGHT_SUM_TOL = 1e-4
 _QUAT_NORM_TOL = 1e-3
 _UNIT_RANGE_TOL = 1e-6
+_LOGIT_AGREE_TOL = 1e-6  # |sigmoid(opacity_logit) - opacity|
 
 
 class AvatarFileError(ValueError):
@@ -43,8 +57,9 @@ class AvatarFileError(ValueError):
 
 @dataclass
 class Avatar:
-    """Canonical Gaussians plus their FLAME rig. Shapes: N points, E expression
-    components, J joints, P = 9 * (J - 1) pose-corrective features, F faces."""
+    """Canonical Gaussians plus their rig. Shapes: N points, E expression components (0 when
+    the source has no FLAME expressions), J joints, P = 9 * (J - 1) pose-corrective features
+    or 0, F faces, K ARKit targets (optional)."""
 
     xyz: np.ndarray  # N,3 canonical centres (template + offset)
     template: np.ndarray  # N,3 shaped canonical subdivided FLAME vertices
@@ -62,6 +77,17 @@ class Avatar:
     faces: np.ndarray  # F,3 int32
     shape_params: np.ndarray  # S
     meta: dict[str, Any] = field(default_factory=dict)
+    arkit_dirs: np.ndarray | None = None  # N,3,K ARKit blendshapes (optional)
+    arkit_names: tuple[str, ...] = ()  # K names, as the LAM ZIP's glTF morph targets
+    opacity_logit: np.ndarray | None = None  # N the source file's stored opacity logits (optional)
+
+    @property
+    def n_arkit(self) -> int:
+        return 0 if self.arkit_dirs is None else int(self.arkit_dirs.shape[2])
+
+    @property
+    def has_pose_correctives(self) -> bool:
+        return int(self.pose_dirs.shape[2]) > 0
 
     @property
     def n_points(self) -> int:
@@ -86,6 +112,7 @@ _FLOAT_KEYS = (
 )
 _INT_KEYS = ("parents", "faces")
 REQUIRED_KEYS = ("format", "version", *_FLOAT_KEYS, *_INT_KEYS, "joint_names", "meta")
+OPTIONAL_KEYS = ("arkit_dirs", "arkit_names", "opacity_logit")
 
 
 def _check_shape(key: str, a: np.ndarray, shape: tuple) -> None:
@@ -158,7 +185,10 @@ def validate(arrays: Mapping[str, Any]) -> Avatar:
     if j < 1:
         raise AvatarFileError("joints", "has no joints")
     _check_shape("lbs_weights", a["lbs_weights"], (n, j))
-    _check_shape("pose_dirs", a["pose_dirs"], (n, 3, 9 * (j - 1)))
+    if a["pose_dirs"].ndim == 3 and a["pose_dirs"].shape[2] == 0:
+        _check_shape("pose_dirs", a["pose_dirs"], (n, 3, 0))
+    else:
+        _check_shape("pose_dirs", a["pose_dirs"], (n, 3, 9 * (j - 1)))
     _check_shape("joint_expr_dirs", a["joint_expr_dirs"], (j, 3, e))
     _check_shape("parents", a["parents"], (j,))
     _check_shape("faces", a["faces"], (None, 3))
@@ -205,12 +235,41 @@ def validate(arrays: Mapping[str, Any]) -> Avatar:
     if not isinstance(meta, dict):
         raise AvatarFileError("meta", "must be a JSON object")
 
+    arkit_dirs, arkit_names = _validate_arkit(arrays, n)
+    opacity_logit = None
+    if arrays.get("opacity_logit") is not None:
+        opacity_logit = _as_float("opacity_logit", arrays["opacity_logit"])
+        _check_shape("opacity_logit", opacity_logit, (n,))
+        err = np.abs(0.5 * (1.0 + np.tanh(0.5 * opacity_logit.astype(np.float64))) - a["opacity"])
+        if err.max() > _LOGIT_AGREE_TOL:
+            raise AvatarFileError("opacity_logit", f"disagrees with 'opacity' (point {int(np.argmax(err))} differs by {err.max():.3g})")
+
     return Avatar(
         xyz=a["xyz"], template=a["template"], rgb=a["rgb"], opacity=a["opacity"], scale=a["scale"],
         rotation=a["rotation"], expr_dirs=a["expr_dirs"], pose_dirs=a["pose_dirs"],
         lbs_weights=a["lbs_weights"], joints=a["joints"], joint_expr_dirs=a["joint_expr_dirs"],
         parents=parents, joint_names=names, faces=faces, shape_params=a["shape_params"], meta=meta,
+        arkit_dirs=arkit_dirs, arkit_names=arkit_names, opacity_logit=opacity_logit,
     )
+
+
+def _validate_arkit(arrays: Mapping[str, Any], n: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    has_dirs, has_names = arrays.get("arkit_dirs") is not None, arrays.get("arkit_names") is not None
+    if has_dirs != has_names:
+        present, absent = ("arkit_dirs", "arkit_names") if has_dirs else ("arkit_names", "arkit_dirs")
+        raise AvatarFileError(absent, f"missing ('{present}' is present; the ARKit targets need both)")
+    if not has_dirs:
+        return None, ()
+    dirs = _as_float("arkit_dirs", arrays["arkit_dirs"])
+    _check_shape("arkit_dirs", dirs, (n, 3, None))
+    names_arr = np.asarray(arrays["arkit_names"])
+    k = dirs.shape[2]
+    if names_arr.dtype.kind != "U" or names_arr.shape != (k,):
+        raise AvatarFileError("arkit_names", f"expected {k} strings, got {names_arr.dtype} with shape {names_arr.shape}")
+    names = tuple(str(s) for s in names_arr)
+    if len(set(names)) != k or any(not s for s in names):
+        raise AvatarFileError("arkit_names", "names must be unique and non-empty")
+    return dirs, names
 
 
 def to_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
@@ -218,7 +277,9 @@ def to_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "version": np.array(VERSION, dtype=np.int32)}
     for f in fields(Avatar):
         value = getattr(avatar, f.name)
-        if f.name == "joint_names":
+        if f.name in OPTIONAL_KEYS and (value is None or (f.name == "arkit_names" and avatar.arkit_dirs is None)):
+            continue  # optional key absent
+        if f.name in ("joint_names", "arkit_names"):
             arrays[f.name] = np.array(list(value), dtype=str)
         elif f.name == "meta":
             try:  # strict JSON: NaN/Infinity would not be readable by other tools
@@ -229,7 +290,7 @@ def to_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
             arrays[f.name] = np.asarray(value)
     checked = validate(arrays)  # refuse to write what we would refuse to read
     for f in fields(Avatar):
-        if f.name not in ("joint_names", "meta"):
+        if f.name not in ("joint_names", "meta", "arkit_names") and f.name in arrays:
             arrays[f.name] = getattr(checked, f.name)
     return arrays
 

@@ -29,6 +29,7 @@ Files are written atomically (temporary file in the same folder, then rename).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -143,6 +144,12 @@ def columns_to_vertex_array(columns: dict[str, np.ndarray]) -> np.ndarray:
             raise BadInputError(f"PLY export: property '{p}' has shape {col.shape}, expected ({n},)")
         data[p] = col
     return data
+
+
+def columns_to_bytes(columns: dict[str, np.ndarray]) -> bytes:
+    """The whole PLY file (header + data) for ``columns``, in memory (e.g. a ZIP member)."""
+    data = columns_to_vertex_array(columns)
+    return _header(int(data.shape[0]), tuple(data.dtype.names)) + np.ascontiguousarray(data).tobytes()
 
 
 def write_ply_columns(path: str | os.PathLike, columns: dict[str, np.ndarray]) -> Path:
@@ -265,17 +272,22 @@ def _parse_header(path: Path, fh) -> tuple[str, list[tuple[str, int, list]], int
     return fmt, elements, size
 
 
-def read_ply_columns(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_ply_columns(source: str | os.PathLike | bytes, name: str | None = None) -> dict[str, np.ndarray]:
     """The ``vertex`` element's scalar properties as exact float32 columns (raw, undecoded).
 
+    ``source``: a path, or the file's bytes (``name`` then labels messages, e.g. a ZIP member).
     Reads binary (either endianness) and ASCII files as written by any PLY
     writer, as long as elements before ``vertex`` have no list properties.
     Raises :class:`BadInputError` for a bad header or truncated data.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: PLY file not found")
-    with open(path, "rb") as fh:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path, opened = Path(name or "PLY data"), io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise BadInputError(f"{path}: PLY file not found")
+        opened = open(path, "rb")
+    with opened as fh:
         fmt, elements, header_size = _parse_header(path, fh)
         endian = _FORMATS[fmt]
         skip = 0
