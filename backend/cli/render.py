@@ -1,5 +1,10 @@
 """``lam-head render AVATAR [--motion FILE | --turntable] -o OUT/``: PNG frames (+ MP4).
 
+``--motion`` takes a FLAME motion (frames rendered one per row, at the motion's rate or
+``--fps``) or an ARKit track (Live Link Face CSV, ARKit JSON) for avatars with ARKit
+blendshapes: rendered at the track's rate, or resampled to ``--fps`` (exact rows when the rates
+match; :mod:`backend.core.motion_timing`).
+
 Frames are ``OUT/frame_000000.png`` ...; each file is written to a temporary name
 and renamed, so a frame on disk is always complete. An MP4 (``OUT/render.mp4``)
 is written too when imageio-ffmpeg is installed; otherwise the command says so.
@@ -29,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("avatar", help="avatar file (.npz) made by 'lam-head create'")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--motion", metavar="PATH",
-                      help="FLAME motion: a flame_param/ folder of per-frame .npz files, or one stacked .npz")
+                      help="FLAME motion (a flame_param/ folder of per-frame .npz files, one stacked .npz, or a .zip "
+                           "of either) or ARKit track (Live Link Face .csv, ARKit .json; avatars with ARKit shapes)")
     what.add_argument("--turntable", action="store_true", help="a 360 degree turn around the head (the default)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder for the frames")
     parser.add_argument("--size", type=int, default=512, help="image width and height in pixels (default 512)")
@@ -139,6 +145,38 @@ def _load_avatar(path: str):
         raise BadInputError(str(exc)) from None
 
 
+def _arkit_poses(avatar, path: str, args: argparse.Namespace):
+    """(batched FlamePose carrying the track's ARKit weights at the output rate, output fps).
+    Blendshapes only: head and eye angles of the track are not applied (reported)."""
+    from ..core.errors import BadInputError
+    from ..core.formats.arkit_track import load_arkit_track
+    from ..core.rig import FlamePose
+
+    track = load_arkit_track(path)
+    if avatar.n_arkit == 0:
+        raise BadInputError(f"avatar {args.avatar} has no ARKit blendshapes (arkit_dirs), so ARKit track {path} "
+                            f"cannot drive it; use an avatar imported from a LAM web ZIP or created with an ARKit "
+                            f"basis, or a FLAME motion")
+    notes = list(track.warnings)
+    used = [n for n in track.names if n in avatar.arkit_names]
+    if not used:
+        raise BadInputError(f"ARKit track {path} shares no channel with the avatar's ARKit blendshapes "
+                            f"({', '.join(avatar.arkit_names[:5])}, ...)")
+    missing = [n for n in track.names if n not in avatar.arkit_names]
+    if missing:
+        notes.append(f"the avatar has no {', '.join(missing)}: ignored")
+    if track.head is not None or track.eyes is not None:
+        notes.append("the track's head/eye angles are not applied by render (blendshapes only)")
+    fps = float(args.fps or track.fps)
+    _, track = track.resampled(fps)
+    weights = track.weights if args.frames is None else track.weights[: args.frames]
+    for note in notes:
+        print(f"lam-head render: warning: {note}", file=sys.stderr)
+    pose = FlamePose.zeros(weights.shape[0], 0)
+    pose.arkit, pose.arkit_names = weights, track.names
+    return pose, fps
+
+
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BadInputError
     from ..render import default_head_camera, iter_render_avatar, select_backend
@@ -153,7 +191,16 @@ def run(args: argparse.Namespace) -> int:
     renderer = select_backend(args.renderer)
     background = (1.0, 1.0, 1.0) if args.background == "white" else None
 
+    arkit_path = None
     if args.motion:
+        from ..core.formats.arkit_track import sniff_arkit_track
+
+        arkit_path = args.motion if sniff_arkit_track(args.motion) else None
+    if arkit_path:
+        poses, fps = _arkit_poses(avatar, arkit_path, args)
+        n_frames = poses.batch_size
+        cameras = default_head_camera(avatar.xyz, args.size, distance=args.distance, elevation_deg=args.elevation)
+    elif args.motion:
         from ..core.formats.flame_motion import load_motion
         from ..render import slice_pose
 

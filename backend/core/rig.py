@@ -9,6 +9,8 @@ Semantics (DESIGN.md "Animation semantics", LAM_SPEC.md section 4):
   with the joints fixed at their rest positions.
 * mode ``"lam"`` (the official LAM animation): the joints also move with expression,
   ``joints + joint_expr_dirs . expr``; no pose correctives.
+* ARKit weights a pose may carry are matched by name to the avatar's ``arkit_names`` and their
+  ``arkit_dirs`` added like the expression blendshapes (before skinning, joints unaffected).
 * translation is added after skinning; the pose feature is ``(R_j - I)`` flattened
   row-major for joints 1..J-1 (the FLAME/SMPL convention, so FLAME's ``posedirs`` apply).
 * a Gaussian's rotation follows the polar rotation factor ``R(A)`` of its blended
@@ -38,7 +40,10 @@ MODES = ("rig", "lam")
 class FlamePose:
     """A batch of FLAME poses. ``expr`` is B,E; the rest are B,3 (axis-angle in radians,
     translation in metres). ``rotation`` is the global (root) rotation; the eyes are
-    joints 3 (``eye_l``) and 4 (``eye_r``), in FLAME's ``eyes_pose`` order."""
+    joints 3 (``eye_l``) and 4 (``eye_r``), in FLAME's ``eyes_pose`` order.
+
+    Optionally ``arkit`` B,K weights of the named ARKit blendshapes ``arkit_names`` (K), matched
+    by name to the avatar's: names the avatar lacks are ignored, its others stay at 0."""
 
     expr: np.ndarray
     rotation: np.ndarray
@@ -47,6 +52,8 @@ class FlamePose:
     eye_l: np.ndarray
     eye_r: np.ndarray
     translation: np.ndarray
+    arkit: np.ndarray | None = None
+    arkit_names: tuple[str, ...] = ()
 
     @classmethod
     def zeros(cls, batch: int = 1, n_expr: int = 100) -> FlamePose:
@@ -79,7 +86,31 @@ class FlamePose:
             if a.shape != (b, 3):
                 raise ValueError(f"FlamePose.{key} must have shape ({b}, 3), got {a.shape}")
             out[key] = a.astype(np.float32)
-        return FlamePose(**out)
+        arkit = None
+        if self.arkit is not None:
+            arkit = np.asarray(self.arkit, dtype=np.float32)
+            if arkit.shape != (b, len(self.arkit_names)):
+                raise ValueError(f"FlamePose.arkit must have shape ({b}, {len(self.arkit_names)}) "
+                                 f"(frames, arkit_names), got {arkit.shape}")
+        return FlamePose(**out, arkit=arkit, arkit_names=tuple(self.arkit_names))
+
+    @property
+    def has_rotations(self) -> bool:
+        """Whether any joint rotation is non-zero (a pose without any leaves every skeleton at rest)."""
+        return any(np.any(np.asarray(getattr(self, k))) for k in POSE_JOINTS)
+
+
+def arkit_weights(avatar_names: tuple[str, ...] | list[str], pose: FlamePose) -> np.ndarray:
+    """The pose's ARKit weights on the avatar's targets: B,K_avatar float32 (0 where the pose has none)."""
+    b = pose.batch_size
+    out = np.zeros((b, len(avatar_names)), dtype=np.float32)
+    if pose.arkit is None:
+        return out
+    index = {n: i for i, n in enumerate(pose.arkit_names)}
+    for k, name in enumerate(avatar_names):
+        if name in index:
+            out[:, k] = np.asarray(pose.arkit)[:, index[name]]
+    return out
 
 
 @dataclass
@@ -343,13 +374,24 @@ def evaluate(
     rest_joints = np.asarray(avatar.joints, dtype=np.float64)
     parents = np.asarray(avatar.parents, dtype=np.int64)
     n_joints = rest_joints.shape[0]
-    if n_joints != len(POSE_JOINTS):
-        raise ValueError(f"a FLAME pose drives {len(POSE_JOINTS)} joints, the avatar has {n_joints}")
     pose = pose.checked(expr_dirs.shape[2])
+    flame_skeleton = n_joints == len(POSE_JOINTS)
+    if not flame_skeleton and pose.has_rotations:
+        raise ValueError(f"a FLAME pose drives {len(POSE_JOINTS)} joints, the avatar has {n_joints}")
     b, e = pose.expr.shape
 
     shaped = points[None] + blend(expr_dirs[:, :, :e], pose.expr)  # B,N,3
-    rot_mats = axis_angle_to_matrix(pose.full_pose())  # B,J,3,3
+    if pose.arkit is not None and pose.arkit.shape[1] and np.any(pose.arkit):
+        arkit_dirs = getattr(avatar, "arkit_dirs", None)
+        if arkit_dirs is None:
+            raise ValueError("the pose carries ARKit weights but the avatar has no ARKit blendshapes (arkit_dirs)")
+        arkit_dirs = np.asarray(arkit_dirs, dtype=np.float32)
+        shaped += blend(arkit_dirs, arkit_weights(tuple(avatar.arkit_names), pose))
+    if flame_skeleton:
+        rot_mats = axis_angle_to_matrix(pose.full_pose())  # B,J,3,3
+    else:  # any skeleton at rest (no rotations): identity joint rotations
+        rot_mats = np.broadcast_to(np.eye(3), (b, n_joints, 3, 3)).copy()
+        pose_correctives = False  # (R - I) is zero: the correctives add nothing
     if pose_correctives:
         pose_dirs = np.asarray(avatar.pose_dirs, dtype=np.float32)
         shaped += blend(pose_dirs, pose_feature(rot_mats).astype(np.float32))

@@ -28,6 +28,8 @@ class TorchRig:
     joints: torch.Tensor  # J,3
     joint_expr_dirs: torch.Tensor  # J,3,E
     parents: torch.Tensor  # J long
+    arkit_dirs: torch.Tensor | None = None  # N,3,K named ARKit blendshapes (optional)
+    arkit_names: tuple[str, ...] = ()
 
     @classmethod
     def from_avatar(cls, avatar: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TorchRig:
@@ -42,12 +44,15 @@ class TorchRig:
             joints=t(avatar.joints),
             joint_expr_dirs=t(avatar.joint_expr_dirs),
             parents=torch.as_tensor(np.asarray(avatar.parents), dtype=torch.long, device=device),
+            arkit_dirs=None if getattr(avatar, "arkit_dirs", None) is None else t(avatar.arkit_dirs),
+            arkit_names=tuple(getattr(avatar, "arkit_names", ())),
         )
 
 
 @dataclass
 class TorchPose:
-    """Batched FLAME pose tensors: expr B,E; the others B,3 (see :class:`FlamePose`)."""
+    """Batched FLAME pose tensors: expr B,E; the others B,3; ``arkit`` B,K weights of the named
+    ARKit blendshapes ``arkit_names`` or None (see :class:`FlamePose`)."""
 
     expr: torch.Tensor
     rotation: torch.Tensor
@@ -56,10 +61,15 @@ class TorchPose:
     eye_l: torch.Tensor
     eye_r: torch.Tensor
     translation: torch.Tensor
+    arkit: torch.Tensor | None = None
+    arkit_names: tuple[str, ...] = ()
 
     @classmethod
     def from_numpy(cls, pose: FlamePose, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TorchPose:
-        return cls(**{f.name: torch.as_tensor(np.asarray(getattr(pose, f.name)), dtype=dtype, device=device) for f in fields(cls)})
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        tensors = {f.name: t(getattr(pose, f.name)) for f in fields(cls) if f.name not in ("arkit", "arkit_names")}
+        arkit = None if pose.arkit is None else t(pose.arkit)
+        return cls(**tensors, arkit=arkit, arkit_names=tuple(pose.arkit_names))
 
 
 @dataclass
@@ -181,7 +191,9 @@ def evaluate(
     if isinstance(pose, FlamePose):
         pose = TorchPose.from_numpy(pose.checked(rig.expr_dirs.shape[2]), device, dtype)
     n_joints = rig.joints.shape[0]
-    if n_joints != len(POSE_JOINTS):
+    full_pose = torch.stack([getattr(pose, k).to(dtype) for k in POSE_JOINTS], dim=1)  # B,5,3
+    flame_skeleton = n_joints == len(POSE_JOINTS)
+    if not flame_skeleton and bool(full_pose.any()):
         raise ValueError(f"a FLAME pose drives {len(POSE_JOINTS)} joints, the avatar has {n_joints}")
     b, e = pose.expr.shape
     if e > rig.expr_dirs.shape[2]:
@@ -189,8 +201,19 @@ def evaluate(
 
     expr = pose.expr.to(dtype)
     shaped = rig.points[None] + torch.einsum("nce,be->bnc", rig.expr_dirs[:, :, :e], expr)
-    full_pose = torch.stack([getattr(pose, k).to(dtype) for k in POSE_JOINTS], dim=1)  # B,J,3
-    rot_mats = batch_rodrigues(full_pose.reshape(-1, 3)).reshape(b, n_joints, 3, 3)
+    if pose.arkit is not None and pose.arkit.shape[1] and bool(pose.arkit.any()):
+        if rig.arkit_dirs is None:
+            raise ValueError("the pose carries ARKit weights but the avatar has no ARKit blendshapes (arkit_dirs)")
+        index = {n: i for i, n in enumerate(pose.arkit_names)}
+        pick = [(k, index[n]) for k, n in enumerate(rig.arkit_names) if n in index]
+        if pick:
+            dst, src = (torch.as_tensor(x, dtype=torch.long, device=device) for x in zip(*pick))
+            shaped = shaped + torch.einsum("nck,bk->bnc", rig.arkit_dirs[:, :, dst], pose.arkit[:, src].to(dtype))
+    if flame_skeleton:
+        rot_mats = batch_rodrigues(full_pose.reshape(-1, 3)).reshape(b, n_joints, 3, 3)
+    else:  # any skeleton at rest (no rotations)
+        rot_mats = torch.eye(3, dtype=dtype, device=device).expand(b, n_joints, 3, 3).contiguous()
+        pose_correctives = False
     if pose_correctives:
         eye = torch.eye(3, dtype=dtype, device=device)
         feature = (rot_mats[:, 1:] - eye).reshape(b, -1)  # (R_j - I) row-major, joints 1..J-1

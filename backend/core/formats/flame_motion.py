@@ -6,11 +6,14 @@ Reads the official LAM/FLAME tracking layout (LAM_SPEC section 4): a folder
 [1,6] (left eye then right eye), ``translation`` [1,3] and optionally ``shape``;
 frames are taken in natural order (``2.npz`` before ``10.npz``) at 30 fps. Also a
 single ``.npz`` with the same names stacked over frames ([T, ...]), optionally
-with an ``fps`` scalar. The Blender side uses this module too.
+with an ``fps`` scalar, and a ``.zip`` of either (read in memory through
+:class:`~.safe_zip.SafeZip`: checked names, OS junk skipped, bounded inflation).
+The Blender side uses this module too.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -23,6 +26,8 @@ import numpy as np
 from ..atomic_write import atomic_path
 from ..errors import BadInputError
 from ..rig import FlamePose
+from .archive_paths import UnsafeArchiveError
+from .safe_zip import SafeZip
 
 DEFAULT_FPS = 30.0
 # file key -> (FlamePose field(s), width)
@@ -51,12 +56,17 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":  # np.load would try pickle on anything else
-            raise BadInputError(f"motion file {path}: not a readable .npz archive (no zip header)")
+def _read_npz(path: Path | str, data: bytes | None = None) -> dict[str, np.ndarray]:
+    """A .npz file's arrays (``data``: its bytes when it is no file on disk, ``path`` then names it)."""
+    if data is None:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    else:
+        head = data[:4]
+    if head != b"PK\x03\x04":  # np.load would try pickle on anything else
+        raise BadInputError(f"motion file {path}: not a readable .npz archive (no zip header)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BadInputError(f"motion file {path}: not a readable .npz archive ({exc})") from None
@@ -150,8 +160,66 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def _stack_frames(frames: list[tuple[str, dict]], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str]]:
+    """Per-frame files (name, arrays), in order, -> T-stacked arrays, shape betas, notes."""
+    per_frame = []
+    shape = None
+    notes: list[str] = []
+    for name, raw in frames:
+        arrays, s, n = _parse(raw, name)
+        if arrays["expr"].shape[0] != 1:
+            raise BadInputError(f"motion file {name}: holds {arrays['expr'].shape[0]} frames; a folder needs one frame per file")
+        per_frame.append(arrays)
+        shape = s if shape is None else shape
+        notes.extend(x for x in n if x not in notes)
+    widths = {a["expr"].shape[1] for a in per_frame}
+    if len(widths) > 1:
+        raise BadInputError(f"motion folder {where}: frames disagree on the number of expression components ({sorted(widths)})")
+    return {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]}, shape, notes
+
+
+def _stacked_rate(raw: dict, where: str) -> float:
+    if "fps" not in raw:
+        return DEFAULT_FPS
+    try:
+        return float(np.asarray(raw["fps"]).reshape(-1)[0])
+    except (ValueError, IndexError):
+        raise BadInputError(f"motion file {where}: 'fps' must be a number") from None
+
+
+def _zip_members(zf: SafeZip) -> list:
+    """The .npz members to read: those under a ``flame_param/`` folder if there is one, else the
+    .npz files of the one folder that holds them, in natural order."""
+    npz = [m for m in zf.files if m.suffix.lower() == ".npz"]
+    if not npz:
+        raise BadInputError(f"motion ZIP {zf.path}: no .npz files inside (expected flame_param/*.npz or one stacked .npz)")
+    tracked = [m for m in npz if m.parent.name == "flame_param"]
+    chosen = tracked or npz
+    folders = sorted({str(m.parent) for m in chosen})
+    if len(folders) > 1:
+        raise BadInputError(f"motion ZIP {zf.path}: .npz files in several folders ({', '.join(folders[:4])}); "
+                            f"zip one flame_param/ folder or one stacked .npz")
+    return sorted(chosen, key=lambda m: natural_key(m.name))
+
+
+def _read_zip(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str], float]:
+    try:
+        zf = SafeZip(path, what="motion ZIP")
+    except UnsafeArchiveError as exc:  # its message names the member, not the archive
+        raise UnsafeArchiveError(f"motion ZIP {path}: {exc}") from None
+    with zf:
+        members = _zip_members(zf)
+        loaded = [(f"{path}!{m}", _read_npz(f"{path}!{m}", zf.read(m))) for m in members]
+    if len(loaded) == 1:
+        name, raw = loaded[0]
+        stacked, shape, notes = _parse(raw, name)
+        return stacked, shape, notes, _stacked_rate(raw, name)
+    stacked, shape, notes = _stack_frames(loaded, str(path))
+    return stacked, shape, notes, DEFAULT_FPS
+
+
 def load_motion(path: str | os.PathLike, n_expr: int | None = None, fps: float | None = None) -> Motion:
-    """Read a motion (folder of per-frame .npz, or one stacked .npz) as a batched pose.
+    """Read a motion (folder of per-frame .npz, one stacked .npz, or a .zip of either) as a batched pose.
 
     ``n_expr``: the avatar's E; expressions are truncated or zero-padded to it, with
     a warning (also in ``Motion.warnings``). ``fps`` overrides the file's rate."""
@@ -159,32 +227,17 @@ def load_motion(path: str | os.PathLike, n_expr: int | None = None, fps: float |
     if not path.exists():
         raise BadInputError(f"motion not found: {path}")
     if path.is_dir():
-        per_frame = []
-        shape = None
-        notes: list[str] = []
-        for f in _frame_files(path):
-            arrays, s, n = _parse(_read_npz(f), f)
-            if arrays["expr"].shape[0] != 1:
-                raise BadInputError(f"motion file {f}: holds {arrays['expr'].shape[0]} frames; a folder needs one frame per file")
-            per_frame.append(arrays)
-            shape = s if shape is None else shape
-            notes.extend(x for x in n if x not in notes)
-        widths = {a["expr"].shape[1] for a in per_frame}
-        if len(widths) > 1:
-            raise BadInputError(f"motion folder {path}: frames disagree on the number of expression components ({sorted(widths)})")
-        stacked = {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]}
+        stacked, shape, notes = _stack_frames([(str(f), _read_npz(f)) for f in _frame_files(path)], str(path))
         rate = DEFAULT_FPS
     elif path.suffix.lower() == ".npz":
         raw = _read_npz(path)
         stacked, shape, notes = _parse(raw, path)
-        rate = DEFAULT_FPS
-        if "fps" in raw:
-            try:
-                rate = float(np.asarray(raw["fps"]).reshape(-1)[0])
-            except (ValueError, IndexError):
-                raise BadInputError(f"motion file {path}: 'fps' must be a number") from None
+        rate = _stacked_rate(raw, str(path))
+    elif path.suffix.lower() == ".zip":
+        stacked, shape, notes, rate = _read_zip(path)
     else:
-        raise BadInputError(f"motion {path}: expected a folder of per-frame .npz files (flame_param/) or one .npz file")
+        raise BadInputError(f"motion {path}: expected a folder of per-frame .npz files (flame_param/), one .npz file, "
+                            f"or a .zip of either")
     if fps is not None:
         rate = float(fps)
     if not rate > 0:
