@@ -5,6 +5,6 @@ The one place the add-on reaches across into ``backend/``: everything else in
 stdlib-only environment/assets helpers).
 """
 
-from ..backend.core import client, errors, splat_frames  # noqa: F401
-from ..backend.core.formats import avatar_file, lam_zip, ply  # noqa: F401
+from ..backend.core import client, errors, motion_channels, splat_frames  # noqa: F401
+from ..backend.core.formats import arkit_track, avatar_file, flame_motion, lam_zip, ply  # noqa: F401
 from ..backend.setup import assets, environment  # noqa: F401
