@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("preferences", "ops_import", "ops_controls", "ops_create", "ops_export", "panel")
+_MODULES = (
+    "preferences", "ops_import", "ops_motion", "ops_controls", "ops_create", "ops_export", "ops_export_lam_zip", "panel",
+)
 
 
 def _modules():

@@ -44,6 +44,69 @@ def expression_keys(mesh_obj) -> list[bpy.types.ShapeKey]:
     return [keys.key_blocks[naming.expr_key(i)] for i in range(n) if naming.expr_key(i) in keys.key_blocks]
 
 
+def arkit_keys(mesh_obj) -> list[bpy.types.ShapeKey]:
+    """The avatar's ARKit shape keys (named as the ARKit blendshapes), in the avatar's order."""
+    keys = mesh_obj.data.shape_keys
+    if keys is None:
+        return []
+    return [keys.key_blocks[n] for n in mesh_obj.get(naming.PROP_ARKIT_NAMES, ()) if n in keys.key_blocks]
+
+
+def arkit_groups(mesh_obj) -> list[tuple[str, list[bpy.types.ShapeKey]]]:
+    """ARKit keys by panel group (brows, eyes, cheeks, nose, jaw, mouth, tongue; others last)."""
+    out, seen = [], set()
+    keys = arkit_keys(mesh_obj)
+    for label, prefix in naming.ARKIT_GROUPS:
+        group = [kb for kb in keys if kb.name.startswith(prefix)]
+        seen.update(kb.name for kb in group)
+        if group:
+            out.append((label, group))
+    rest = [kb for kb in keys if kb.name not in seen]
+    return out + ([("Other", rest)] if rest else [])
+
+
+def _mirror_name(name: str) -> str | None:
+    return name[: -len("Left")] + "Right" if name.endswith("Left") else None
+
+
+def arkit_pairs(mesh_obj) -> list[tuple[bpy.types.ShapeKey, bpy.types.ShapeKey]]:
+    """(left, right) ARKit key pairs of the avatar (``...Left`` / ``...Right``)."""
+    by_name = {kb.name: kb for kb in arkit_keys(mesh_obj)}
+    return [(kb, by_name[_mirror_name(n)]) for n, kb in by_name.items() if _mirror_name(n) in by_name]
+
+
+def _right_driver(kb):
+    ad = kb.id_data.animation_data
+    return ad.drivers.find(kb.path_from_id("value")) if ad is not None else None
+
+
+def arkit_sides_linked(mesh_obj) -> bool:
+    pairs = arkit_pairs(mesh_obj)
+    return bool(pairs) and all(_right_driver(right) is not None for _, right in pairs)
+
+
+def link_arkit_sides(mesh_obj, linked: bool) -> None:
+    """Linked: every ``...Right`` key follows its ``...Left`` key through a driver (a plain
+    property copy, no Python), so one slider or one F-curve poses both sides. Unlinked: the
+    drivers are removed and each side has its own value again (the left one's, to start)."""
+    for left, right in arkit_pairs(mesh_obj):
+        key = right.id_data
+        path = right.path_from_id("value")
+        if _right_driver(right) is not None:
+            key.driver_remove(path)
+        if not linked:
+            right.value = left.value
+            continue
+        driver = right.driver_add("value").driver
+        driver.type = "AVERAGE"
+        var = driver.variables.new()
+        var.name = "left"
+        var.type = "SINGLE_PROP"
+        var.targets[0].id_type = "KEY"
+        var.targets[0].id = key
+        var.targets[0].data_path = left.path_from_id("value")
+
+
 def pose_keys(mesh_obj) -> list[bpy.types.ShapeKey]:
     keys = mesh_obj.data.shape_keys
     if keys is None:
@@ -100,10 +163,10 @@ def apply_flame_pose(mesh_obj, expr: Sequence[float] = (), translation: Sequence
 
 
 def reset(mesh_obj, what: str = "ALL") -> None:
-    """``what``: 'EXPRESSION' (all expression keys to 0), 'POSE' (bone transforms to rest) or 'ALL'."""
+    """``what``: 'EXPRESSION' (FLAME expression and ARKit keys to 0), 'POSE' (bones to rest) or 'ALL'."""
     mesh_obj, arm_obj = find_avatar(mesh_obj)
     if what in ("EXPRESSION", "ALL"):
-        for kb in expression_keys(mesh_obj):
+        for kb in expression_keys(mesh_obj) + arkit_keys(mesh_obj):
             kb.value = 0.0
     if what in ("POSE", "ALL"):
         for pb in arm_obj.pose.bones:
@@ -125,8 +188,9 @@ def insert_keyframes(mesh_obj, what: str = "ALL", frame: float | None = None) ->
         frame = bpy.context.scene.frame_current
     n = 0
     if what in ("EXPRESSION", "ALL"):
-        for kb in expression_keys(mesh_obj):
-            n += bool(kb.keyframe_insert("value", frame=frame))
+        for kb in expression_keys(mesh_obj) + arkit_keys(mesh_obj):
+            if _right_driver(kb) is None:  # a linked right side follows its left key
+                n += bool(kb.keyframe_insert("value", frame=frame))
     if what in ("POSE", "ALL"):
         for pb in arm_obj.pose.bones:
             n += bool(pb.keyframe_insert(_rotation_path(pb), frame=frame))

@@ -53,6 +53,9 @@ PROP_LAM_TEMPLATE = "lam_template_text"  # name of the Text datablock holding a 
 
 # ARKit weights are [0, 1]; the range leaves room for calibration scales and overshoot.
 ARKIT_SLIDER_RANGE = (-1.0, 2.0)
+# Panel groups of ARKit keys, as artists know them: (label, name prefix).
+ARKIT_GROUPS = (("Brows", "brow"), ("Eyes", "eye"), ("Cheeks", "cheek"), ("Nose", "nose"), ("Jaw", "jaw"),
+                ("Mouth", "mouth"), ("Tongue", "tongue"))
 
 
 def bone_name(joint_name: str) -> str:

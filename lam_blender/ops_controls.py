@@ -9,7 +9,7 @@ from . import controls
 
 _WHAT = (
     ("ALL", "All", "Expressions and pose"),
-    ("EXPRESSION", "Expressions", "Expression shape keys"),
+    ("EXPRESSION", "Expressions", "Expression shape keys (FLAME and ARKit)"),
     ("POSE", "Pose", "Jaw, neck, eyes and head (bones)"),
 )
 
@@ -62,4 +62,23 @@ class LAM_HEAD_OT_toggle_pose_correctives(_AvatarOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (LAM_HEAD_OT_reset_controls, LAM_HEAD_OT_insert_keyframes, LAM_HEAD_OT_toggle_pose_correctives)
+class LAM_HEAD_OT_link_arkit_sides(_AvatarOperator, bpy.types.Operator):
+    """Link (or unlink) each right ARKit key to its left one: one slider or F-curve poses both sides"""
+
+    bl_idname = "lam_head.link_arkit_sides"
+    bl_label = "Link Left/Right"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        found = controls.find_avatar(context.active_object)
+        return found is not None and bool(controls.arkit_pairs(found[0]))
+
+    def execute(self, context):
+        mesh_obj, _ = controls.find_avatar(context.active_object)
+        controls.link_arkit_sides(mesh_obj, not controls.arkit_sides_linked(mesh_obj))
+        return {"FINISHED"}
+
+
+CLASSES = (LAM_HEAD_OT_reset_controls, LAM_HEAD_OT_insert_keyframes, LAM_HEAD_OT_toggle_pose_correctives,
+           LAM_HEAD_OT_link_arkit_sides)

@@ -60,7 +60,7 @@ class VIEW3D_PT_lam_head_controls(bpy.types.Panel):
 
         col = layout.column(align=True)
         row = col.row()
-        row.label(text="Expressions")
+        row.label(text="FLAME Expressions" if controls.expression_keys(mesh_obj) else "No FLAME expressions")
         row.prop(settings, "show_all_expressions", toggle=True)
         keys = controls.expression_keys(mesh_obj)
         shown = keys if settings.show_all_expressions else keys[:N_SHOWN_EXPRESSIONS]
@@ -90,4 +90,36 @@ class VIEW3D_PT_lam_head_controls(bpy.types.Panel):
         row.operator("lam_head.insert_keyframes", text="Key All", icon="KEYINGSET").what = "ALL"
 
 
-CLASSES = (VIEW3D_PT_lam_head, VIEW3D_PT_lam_head_controls)
+class VIEW3D_PT_lam_head_arkit(bpy.types.Panel):
+    """ARKit shape keys grouped as artists know them; with Left/Right linked one slider per pair."""
+
+    bl_idname = "VIEW3D_PT_lam_head_arkit"
+    bl_label = "ARKit Expressions"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "LAM"
+    bl_parent_id = "VIEW3D_PT_lam_head_controls"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        found = controls.find_avatar(context.active_object)
+        return found is not None and bool(controls.arkit_keys(found[0]))
+
+    def draw(self, context):
+        layout = self.layout
+        mesh_obj, _ = controls.find_avatar(context.active_object)
+        linked = controls.arkit_sides_linked(mesh_obj)
+        layout.operator("lam_head.link_arkit_sides", depress=linked, icon="LINKED" if linked else "UNLINKED")
+        rights = {right.name for _, right in controls.arkit_pairs(mesh_obj)} if linked else set()
+        for label, keys in controls.arkit_groups(mesh_obj):
+            col = layout.column(align=True)
+            col.label(text=label)
+            for kb in keys:
+                if kb.name in rights:
+                    continue
+                text = kb.name[: -len("Left")] + " (L+R)" if linked and kb.name.endswith("Left") else kb.name
+                col.prop(kb, "value", text=text, slider=True)
+
+
+CLASSES = (VIEW3D_PT_lam_head, VIEW3D_PT_lam_head_controls, VIEW3D_PT_lam_head_arkit)
