@@ -3,6 +3,7 @@
     python3 -m backend.devenv          # create/refresh .venv (torch CPU, backend, bpy 5.0, test tools)
     python3 -m backend.devenv test     # ... plus .venv-bpy45, then ruff and the whole test suite
     python3 -m backend.devenv build    # the Blender extension zip: dist/lam_head-<version>.zip
+    python3 -m backend.devenv web-player  # chromium + tests/web_player's npm packages (part of `test`)
 
 Both environments live in the repo root and are reused when their inputs did
 not change. The Blender tests run twice: under bpy 5.0 (in .venv) and under
@@ -12,7 +13,9 @@ tests start runs from .venv).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from .setup import environment
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_VENV = ROOT / ".venv"
 BPY45_VENV = ROOT / ".venv-bpy45"
+WEB_PLAYER_DIR = ROOT / "tests" / "web_player"  # package.json + package-lock.json pin the LAM web player
 BPY45_REQUIREMENTS = ["bpy==4.5.15", "numpy<2", "pytest", "plyfile", "numba", "safetensors", "pillow"]
 
 
@@ -80,6 +84,37 @@ def _step(cmd: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
+def _web_player_installed() -> bool:
+    deps = json.loads((WEB_PLAYER_DIR / "package.json").read_text())["dependencies"]
+    for name, version in deps.items():
+        installed = WEB_PLAYER_DIR / "node_modules" / name / "package.json"
+        if not installed.is_file() or json.loads(installed.read_text()).get("version") != version:
+            return False
+    return True
+
+
+def setup_web_player() -> str | None:
+    """What tests/test_web_player.py needs: Debian's chromium, node/npm (apt-get, only when missing
+    and only as root) and ``npm ci`` of the pinned packages into the git-ignored
+    tests/web_player/node_modules (the browser puppeteer would download is skipped). Best effort:
+    returns why it could not (the test then skips, saying so) instead of failing the run."""
+    missing = [pkg for pkg, exe in (("chromium", "chromium"), ("nodejs", "node"), ("npm", "npm")) if not shutil.which(exe)]
+    if missing:
+        if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")):
+            return f"{', '.join(missing)} missing (install: apt-get install -y {' '.join(missing)})"
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        if _step(["apt-get", "update"], env) or _step(["apt-get", "install", "-y", *missing], env):
+            return f"apt-get could not install {', '.join(missing)}"
+    if _web_player_installed():
+        return None
+    if not shutil.which("npm"):
+        return "npm missing (install: apt-get install -y nodejs npm)"
+    print(f"\n$ (cd {WEB_PLAYER_DIR.relative_to(ROOT)} && npm ci)", flush=True)
+    env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1")
+    rc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB_PLAYER_DIR, env=env).returncode
+    return None if rc == 0 and _web_player_installed() else f"npm ci failed in {WEB_PLAYER_DIR}"
+
+
 def _junit_counts(report: Path) -> tuple[int, int, int]:
     """(passed, failed, skipped) from a pytest JUnit XML report (missing report: nothing ran)."""
     if not report.is_file():
@@ -100,6 +135,9 @@ def run_tests(pytest_args: list[str]) -> int:
     if rc:
         print("ruff found problems (above)", file=sys.stderr)
         return rc
+    why = setup_web_player()
+    if why:
+        print(f"web player test will be skipped: {why}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         reports = [Path(tmp) / "bpy50.xml", Path(tmp) / "bpy45.xml"]
         rc = _step([str(py), "-m", "pytest", f"--junitxml={reports[0]}", *pytest_args])
@@ -124,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args[0] == "test":
             return run_tests(args[1:])
+        if args[0] == "web-player" and len(args) == 1:
+            why = setup_web_player()
+            print(why or f"Ready: chromium, node and {WEB_PLAYER_DIR / 'node_modules'}", file=sys.stderr if why else sys.stdout)
+            return 1 if why else 0
         if args[0] == "build" and len(args) == 1:
             build_extension()
             return 0

@@ -1,6 +1,6 @@
 """``lam-head``: the backend's command line.
 
-Each subcommand lives in ``backend/cli/<name>.py`` with ``HELP``,
+Each subcommand lives in ``backend/cli/<name>.py`` (``-`` in a name becomes ``_``) with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``; they are imported lazily so
 ``lam-head --help`` stays fast and a missing heavy dependency only affects the
 command that needs it.
@@ -17,6 +17,7 @@ from ..core.errors import LamHeadError
 COMMANDS = {
     "create": "photo -> avatar file (the main job)",
     "render": "render an avatar (turntable or motion) to PNG frames / MP4",
+    "export-zip": "avatar file -> LAM web ZIP (LAM web player / OpenAvatarChat)",
     "setup": "fetch or register the model assets (LAM weights, FLAME)",
     "doctor": "report which assets and devices are available",
     "serve": "JSON-lines server on stdin/stdout (used by the Blender add-on)",
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-        p.set_defaults(_module=f"{__package__}.{name}")
+        p.set_defaults(_module=f"{__package__}.{name.replace('-', '_')}")
     return parser
 
 

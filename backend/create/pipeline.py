@@ -70,6 +70,7 @@ class CreateResult:
     warnings: list[str] = field(default_factory=list)
     ply: Path | None = None
     preview: Path | None = None
+    lam_zip: Path | None = None
 
 
 @dataclass
@@ -169,12 +170,14 @@ def create_avatar(
     precision: str = "fp32",
     ply: str | os.PathLike | None = None,
     preview: str | os.PathLike | None = None,
+    lam_zip: str | os.PathLike | None = None,
     debug_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     on_warning: Callable[[str], None] | None = None,
     cancel: CancelToken | None = None,
 ) -> CreateResult:
-    """Run the whole job; write ``output`` (``.npz``) and optional PLY / preview PNG.
+    """Run the whole job; write ``output`` (``.npz``) and optional PLY / preview PNG / LAM web ZIP
+    (``lam_zip``, with the template registered by ``lam-head setup --lam-template``).
 
     Raises LamHeadError subclasses (BadInputError, NoFaceError,
     MissingAssetError, CancelledError) with a message saying what to do.
@@ -197,6 +200,7 @@ def create_avatar(
                 on_warning(msg)
 
     res = resolve_assets(weights, flame)
+    web = _LamWebExport.prepare(lam_zip)
     _note_ignored_component_counts(res.config)
     levels = int(res.config.get("flame_subdivide_num", 1))
 
@@ -239,6 +243,8 @@ def create_avatar(
         if basis_note:
             warn(basis_note)
         rig = flame_mod.build_rig(flame_model, fitted.betas, levels=levels, arkit=basis)
+        if web is not None:
+            web.check_rig(rig)  # before the network's time is spent
 
         del flame_model, embedding, rgb
         _return_freed_memory()  # before the network's multi-GB peak
@@ -284,6 +290,10 @@ def create_avatar(
                 path = _write_preview(target, avatar, warn)
                 if path is not None:
                     created.append(path)
+            if web is not None:
+                cancel.check()
+                target = web.path
+                created.append(web.write(avatar))
             cancel.check()
             target = output
             avatar_file.save_avatar(output, avatar)
@@ -297,7 +307,41 @@ def create_avatar(
         raise
     return CreateResult(output, stages.timings, warnings,
                         Path(ply) if ply is not None else None,
-                        Path(preview) if preview is not None and Path(preview) in created else None)
+                        Path(preview) if preview is not None and Path(preview) in created else None,
+                        None if web is None else web.path)
+
+
+@dataclass
+class _LamWebExport:
+    """``lam_zip``: checked before any work (name, template), topology checked once the rig
+    exists, the ZIP written (atomically) with the other outputs."""
+
+    path: Path
+    template: Any  # LamTemplate
+
+    @classmethod
+    def prepare(cls, lam_zip: str | os.PathLike | None) -> _LamWebExport | None:
+        if lam_zip is None:
+            return None
+        from ..core.formats.lam_zip import check_zip_name
+        from .lam_web import resolve_template
+
+        path = Path(lam_zip).expanduser()
+        check_zip_name(path)
+        return cls(path, resolve_template())
+
+    def check_rig(self, rig) -> None:
+        from ..core.formats.lam_zip import LamZipError, check_topology
+
+        try:
+            check_topology(rig.n_points, rig.faces, self.template.skin())
+        except LamZipError as exc:
+            raise LamZipError(f"--lam-zip {self.path.name}: {exc} (use FLAME 2023's mesh)") from None
+
+    def write(self, avatar) -> Path:
+        from ..core.formats.lam_zip import write_lam_zip
+
+        return write_lam_zip(self.path, avatar, self.template)  # atomic; OSError handled by the caller
 
 
 def _note_ignored_component_counts(config: dict) -> None:

@@ -25,7 +25,7 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
@@ -436,13 +436,15 @@ def check_exportable(avatar: Avatar, skin: LamSkin) -> None:
             f"{off.max() * 100:.1f} cm); LAM's web player expects offsets within that range: move them back")
 
 
-def _opacity_logits(avatar: Avatar) -> np.ndarray:
-    """The stored logits where the opacity is still the one they decode to (unedited), else new ones."""
-    fresh = ply.opacity_to_logit(avatar.opacity)
-    if avatar.opacity_logit is None:
+def _opacity_logits(opacity: np.ndarray, stored: np.ndarray | None) -> np.ndarray:
+    """The stored logits where the opacity is still the one they decode to (unedited, so a re-export
+    keeps the file's exact values), else new ones."""
+    fresh = ply.opacity_to_logit(opacity)
+    if stored is None or np.shape(stored) != np.shape(opacity):
         return fresh
-    kept = ply.logit_to_opacity(avatar.opacity_logit) == avatar.opacity
-    return np.where(kept, avatar.opacity_logit, fresh).astype(np.float32)
+    stored = np.asarray(stored, np.float32)
+    kept = np.isfinite(stored) & (ply.logit_to_opacity(stored) == opacity)
+    return np.where(kept, stored, fresh).astype(np.float32)
 
 
 def vertex_order_for(positions: np.ndarray) -> bytes:
@@ -452,9 +454,11 @@ def vertex_order_for(positions: np.ndarray) -> bytes:
 
 def lam_zip_members(avatar: Avatar, template: LamTemplate) -> dict[str, bytes]:
     """The four member files of the ZIP for ``avatar`` (checked first: the avatar contract, so no
-    NaN reaches the glTF JSON, then the template's topology and LAM's offset range)."""
+    NaN reaches the glTF JSON, then the template's topology and LAM's offset range). Stored opacity
+    logits that no longer match an edited opacity are replaced, not refused."""
+    stored_logits = avatar.opacity_logit
     try:
-        avatar = validate(to_arrays(avatar))
+        avatar = validate(to_arrays(replace(avatar, opacity_logit=None)))
     except AvatarFileError as exc:
         raise LamZipError(f"cannot export this avatar as a LAM web ZIP: {exc}") from None
     skin = template.skin()
@@ -465,7 +469,7 @@ def lam_zip_members(avatar: Avatar, template: LamTemplate) -> dict[str, bytes]:
     skin_glb = template.skin_glb if same_mesh else skin.glb.with_accessor_data(skin.position_accessor, positions).to_bytes()
     cols = ply.encode_offset(avatar.xyz.astype(np.float64) + shift - positions, avatar.rgb, avatar.opacity,
                              avatar.scale, avatar.rotation)
-    cols["opacity"] = _opacity_logits(avatar)
+    cols["opacity"] = _opacity_logits(avatar.opacity, stored_logits)
     return {
         SKIN: skin_glb,
         OFFSET: ply.columns_to_bytes(cols),
