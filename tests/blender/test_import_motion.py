@@ -207,3 +207,32 @@ def test_an_avatar_without_arkit_keys_refuses_an_arkit_track(lam, tmp_path):
     path = live_link.arkit_json(tmp_path / "t.json", w, fps=30)
     with pytest.raises(RuntimeError, match="no ARKit keys"):
         bpy.ops.lam_head.import_motion(filepath=str(path))
+
+
+@needs_real
+def test_real_json_on_our_own_avatar_on_flame_topology(lam, tmp_path):
+    from factories.avatar import make_flame_topology_avatar
+
+    from backend.flame import arkit_basis, plan_subdivision
+
+    _scene(30)
+    av = make_flame_topology_avatar(n_expr=20)
+    assert bpy.ops.lam_head.import_avatar(filepath=str(save_avatar(tmp_path / "ours.npz", av))) == {"FINISHED"}
+    mesh_obj = bpy.context.view_layer.objects.active
+    keys = mesh_obj.data.shape_keys.key_blocks
+    basis = arkit_basis.bundled()
+    want_dirs = plan_subdivision(basis.faces, basis.n_vertices, 1).apply(basis.dirs)
+    for name in ("jawOpen", "eyeBlinkLeft", "mouthSmileRight"):  # ARKit deltas = the subdivided basis
+        co = np.empty(3 * len(mesh_obj.data.vertices), np.float32)
+        keys[name].data.foreach_get("co", co)
+        np.testing.assert_allclose(co.reshape(-1, 3) - av.xyz, want_dirs[:, :, basis.names.index(name)], atol=1e-6)
+    assert bpy.ops.lam_head.import_motion(filepath=str(REAL_JSON)) == {"FINISHED"}
+    for mod in mesh_obj.modifiers:
+        mod.show_viewport = mod.type == "ARMATURE"
+    data = json.loads(REAL_JSON.read_text())
+    weights = np.array([f["weights"] for f in data["frames"]], np.float64)
+    for row in (0, len(weights) // 3):
+        bpy.context.scene.frame_set(1 + row)
+        w = np.array([weights[row, data["names"].index(n)] if n in data["names"] else 0.0 for n in av.arkit_names])
+        want = av.xyz + np.einsum("nck,k->nc", av.arkit_dirs.astype(np.float64), w)
+        assert np.abs(lam.controls.evaluated_positions(mesh_obj) - want).max() <= 1e-5
