@@ -5,8 +5,9 @@
 Writes a seeded random LAM-20K checkpoint (~2.2 GB fp32, official layout) once, tensor by tensor, into
 the cache dir (deleted afterwards unless --keep), then runs each precision mode in its own subprocess
 so that peak RSS (resource.getrusage ru_maxrss) is per mode: load, then one forward on N points.
-Prints per-stage forward times (encoder = DINOv2 + fusion, transformer, heads), peak RSS, and the max
-centre (xyz) error of each mode against fp32 in millimetres.
+Prints per-stage forward times (encoder = DINOv2 + fusion, transformer, heads), peak RSS, the max
+centre (xyz) error of each mode against fp32 in millimetres, and the attention kernel bf16 modes ran (the
+per-machine choice of attention_choice.py; a first run on a machine calibrates before the timed forward).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def _worker(weights: str, mode: str, n_points: int, out_npy: str) -> None:
         if name in ("encoder_tokens", "transformer_out"):
             marks[name] = time.perf_counter()
 
+    attention, calibration_s = "sdpa (fp32)", 0.0
+    if mode in ("fast", "bf16"):  # the per-machine kernel choice: measured once (cached), kept out of the forward
+        from backend.network import attention_choice
+
+        tc = time.perf_counter()
+        attention_choice.ensure_choice(n_points)
+        calibration_s = time.perf_counter() - tc
+        attention = attention_choice.current_kernel()
     t1 = time.perf_counter()
     pred = predict(model, image, points, precision=mode, capture=capture)
     t2 = time.perf_counter()
@@ -71,6 +80,8 @@ def _worker(weights: str, mode: str, n_points: int, out_npy: str) -> None:
         "rss_after_load_gb": rss_load,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "n_parameters": report.n_parameters,
+        "attention": attention,
+        "calibration_s": calibration_s,
     }), flush=True)
 
 
@@ -120,7 +131,8 @@ def main() -> int:
             print(f"{mode:>5}: forward {r['forward_s']:.1f} s (encoder {r['encoder_s']:.1f}, transformer "
                   f"{r['transformer_s']:.1f}, heads {r['heads_s']:.2f}); load {r['load_s']:.1f} s; peak RSS "
                   f"{r['peak_rss_gb']:.2f} GB (after load {r['rss_after_load_gb']:.2f}); {r['threads']} threads; "
-                  f"{args.points} points", flush=True)
+                  f"{args.points} points; attention {r['attention']}"
+                  + (f" (calibrated first: {r['calibration_s']:.1f} s)" if r["calibration_s"] > 0.5 else ""), flush=True)
         if "fp32" in results:
             ref = results["fp32"][1]
             for mode, (_, xyz) in results.items():

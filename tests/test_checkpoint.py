@@ -339,7 +339,11 @@ def test_cpu_bf16_attention_matches_fp32_attention():
 
 
 def test_fast_mode_on_cpu_uses_the_bf16_matmul_attention(tiny_model, inputs, monkeypatch):
+    """With gemm_bf16 chosen (here forced by the env override; attention_choice.py measures the choice), every
+    bf16 attention of the forward goes through cpu_bf16_attention."""
     import backend.network.attention as attn_mod
+
+    monkeypatch.setenv("LAM_HEAD_ATTENTION", "gemm_bf16")
 
     calls = []
     real = attn_mod.cpu_bf16_attention

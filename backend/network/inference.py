@@ -36,8 +36,8 @@ class GaussianPrediction:
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision mode; None means plain float32.
 
-    "fast": bfloat16 autocast on CPU too, where attention runs as explicit bf16 GEMMs
-    (attention.cpu_bf16_attention: PyTorch's CPU SDPA is no faster in bf16 than in float32) and the point
+    "fast": bfloat16 autocast on CPU too, where attention runs the exact kernel measured fastest on this CPU
+    (attention_choice.py: PyTorch's bf16 SDPA or explicit bf16 GEMMs, depending on the CPU) and the point
     embedding stays float32 (point_embed.py). Figures at 20018 points on random LAM-20K weights: see
     bench/bench_network.py. On CUDA: bfloat16 where supported (training was bf16), else float16; on Apple
     MPS float16.
@@ -103,6 +103,11 @@ def predict(
 
     if cancel is not None:
         cancel.check()
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        from .attention_choice import ensure_choice
+
+        # Full-size problems time the attention kernels once per machine (cached), before the forward.
+        ensure_choice(len(pts), progress=None if progress is None else (lambda msg: progress("encoder", 0.0, msg)))
     img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
     q = torch.from_numpy(pts)[None].to(device)
     amp: Any = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
