@@ -4,7 +4,9 @@ Invoked from the UI it is modal: a timer steps a :class:`backend_job.CreateJob`
 so Blender stays responsive; Esc or the panel's Cancel button cancels. Called
 from a script (execute) it blocks until the job ends. Either way the result is
 imported with the import operator's code, and on failure or cancel the scene
-is left as it was.
+is left as it was. With no photo chosen, the UI's Create uses the sample
+portrait that ships with the backend (``lam_head.use_sample_portrait`` puts it
+in the Photo field), so a first run needs no file of the user's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import bpy
 from bpy.props import StringProperty
 
 from . import backend_job, preferences
+from .core import assets
 from .ops_import import import_avatar_file
 
 TIMER_S = 0.1
@@ -25,6 +28,12 @@ JOB: dict = {"job": None}  # the running job (one at a time), read by the panel
 
 def current_job() -> backend_job.CreateJob | None:
     return JOB["job"]
+
+
+def sample_portrait() -> str | None:
+    """The sample portrait shipped in the extension's backend (NASA, public domain), if present."""
+    path = assets.SAMPLE_PORTRAIT
+    return str(path) if path.is_file() else None
 
 
 def output_path(image: str) -> Path:
@@ -108,6 +117,9 @@ class LAM_HEAD_OT_create_from_image(bpy.types.Operator):
     def invoke(self, context, event):
         if not self.filepath:
             self.filepath = context.scene.lam_head.image
+        if not self.filepath and sample_portrait():
+            self.filepath = sample_portrait()
+            self.report({"INFO"}, "No photo chosen: using the sample portrait (NASA, public domain)")
         if not self.filepath:
             self.report({"ERROR"}, "Choose a photo first (LAM panel > Photo)")
             return {"CANCELLED"}
@@ -158,6 +170,21 @@ class LAM_HEAD_OT_cancel_create(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class LAM_HEAD_OT_use_sample_portrait(bpy.types.Operator):
+    """Put the sample portrait that ships with the add-on (NASA, public domain) in the Photo field"""
+
+    bl_idname = "lam_head.use_sample_portrait"
+    bl_label = "Sample Portrait"
+
+    @classmethod
+    def poll(cls, context):
+        return sample_portrait() is not None
+
+    def execute(self, context):
+        context.scene.lam_head.image = sample_portrait()
+        return {"FINISHED"}
+
+
 class LAM_HEAD_settings(bpy.types.PropertyGroup):
     """Scene-level UI settings of the LAM panel (not animation data)."""
 
@@ -165,7 +192,7 @@ class LAM_HEAD_settings(bpy.types.PropertyGroup):
     show_all_expressions: bpy.props.BoolProperty(name="Show All", description="Show every expression slider")  # type: ignore[valid-type]
 
 
-CLASSES = (LAM_HEAD_settings, LAM_HEAD_OT_create_from_image, LAM_HEAD_OT_cancel_create)
+CLASSES = (LAM_HEAD_settings, LAM_HEAD_OT_create_from_image, LAM_HEAD_OT_cancel_create, LAM_HEAD_OT_use_sample_portrait)
 
 
 def register_extra() -> None:

@@ -27,7 +27,11 @@ class VIEW3D_PT_lam_head(bpy.types.Panel):
         settings = context.scene.lam_head
         box = layout.box()
         box.label(text="Create from Photo", icon="IMAGE_DATA")
-        box.prop(settings, "image", text="")
+        row = box.row(align=True)
+        row.prop(settings, "image", text="")
+        row.operator("lam_head.use_sample_portrait", text="", icon="USER")
+        if not settings.image and ops_create.sample_portrait():
+            box.label(text="No photo chosen: Create uses the sample portrait", icon="INFO")
         job = ops_create.current_job()
         if job is not None and not job.finished:
             box.progress(factor=job.fraction, type="BAR", text=f"{job.message} ({100 * job.fraction:.0f} %)")

@@ -143,6 +143,10 @@ def hub():
 def home(tmp_path, monkeypatch):
     h = tmp_path / "lam-home"
     monkeypatch.setenv("LAM_HEAD_HOME", str(h))
+    # no Hugging Face cache, mirror, token or offline switch of the machine running the tests
+    for k in ("LAM_HEAD_ORIGIN", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     return h
 
 

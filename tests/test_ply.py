@@ -187,3 +187,15 @@ def test_zero_quaternion_is_refused(tmp_path):
     path = ply.write_3dgs_ply(tmp_path / "z.ply", **g)
     with pytest.raises(BadInputError, match="vertex 3 has a zero"):
         ply.read_3dgs_ply(path)
+
+
+def test_missing_plyfile_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    from backend.core.errors import LamHeadError
+
+    monkeypatch.setitem(sys.modules, "plyfile", None)  # import plyfile -> ImportError
+    with pytest.raises(LamHeadError, match=r"'plyfile' package.*pip install plyfile==1\.1\.3") as info:
+        ply.write_3dgs_ply(tmp_path / "x.ply", **_gaussians(3))
+    assert info.value.code == "missing_dependency"
+    assert not list(tmp_path.iterdir())

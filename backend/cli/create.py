@@ -47,10 +47,15 @@ class ProgressBar:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("photo", help="portrait photo (JPEG/PNG)")
+    parser.add_argument("photo", nargs="?", help="portrait photo (JPEG/PNG); or --sample")
+    parser.add_argument("--sample", action="store_true",
+                        help="use the sample portrait that ships with lam-head (NASA, public domain) instead of a photo")
     parser.add_argument("-o", "--output", required=True, help="avatar file to write (.npz)")
     parser.add_argument("--ply", help="also write the canonical Gaussians as a standard 3DGS PLY")
     parser.add_argument("--preview", help="also write a preview render (PNG)")
+    parser.add_argument("--lam-zip", metavar="NAME.zip",
+                        help="also write a LAM web ZIP (LAM web player / OpenAvatarChat), with the template registered "
+                             "by 'lam-head setup --lam-template ZIP'")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fast", "bf16", "fp16"),
                         help="network precision (fp32 default; fast: bf16, about 1.5x faster on CPU, centres within ~0.5 mm of fp32)")
@@ -58,17 +63,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flame", metavar="FILE", help="FLAME model (official .pkl or .npz) instead of the installed one")
     parser.add_argument("--debug-dir", metavar="DIR", help="save the prepared network input and the FLAME fit here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or timings")
+    from ..network.attention_choice import KERNEL_NAMES
+
+    parser.add_argument("--attention", metavar="KERNEL", choices=("auto", *KERNEL_NAMES), default=None,
+                        help="attention kernel for bf16 on CPU (--precision fast): auto (default: the one measured "
+                             f"fastest on this machine, see lam-head doctor; env LAM_HEAD_ATTENTION) or {', '.join(KERNEL_NAMES)}")
+
+
+def _photo(args: argparse.Namespace) -> str:
+    from ..core.errors import BadInputError
+    from ..setup.assets import SAMPLE_PORTRAIT
+
+    if args.sample and args.photo:
+        raise BadInputError("give either a photo or --sample, not both")
+    if args.sample:
+        return str(SAMPLE_PORTRAIT)
+    if not args.photo:
+        raise BadInputError("no photo given: lam-head create PHOTO -o avatar.npz (or --sample for the shipped sample portrait)")
+    return args.photo
 
 
 def run(args: argparse.Namespace) -> int:
     from ..create.pipeline import STAGES, create_avatar, overall_fraction
 
+    photo = _photo(args)
+    from ..network.attention_choice import set_override
+
+    set_override(args.attention)  # None or auto: the kernel measured fastest here
     bar = None if args.quiet else ProgressBar()
     progress = None if bar is None else (lambda stage, f, msg="": bar(stage, overall_fraction(stage, f), msg))
     try:
         result = create_avatar(
-            args.photo, args.output, weights=args.weights, flame=args.flame, device=args.device,
-            precision=args.precision, ply=args.ply, preview=args.preview, debug_dir=args.debug_dir,
+            photo, args.output, weights=args.weights, flame=args.flame, device=args.device,
+            precision=args.precision, ply=args.ply, preview=args.preview, lam_zip=args.lam_zip, debug_dir=args.debug_dir,
             progress=progress, on_warning=lambda m: print(f"warning: {m}", file=sys.stderr),
         )
     finally:
@@ -79,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         parts = [f"{k} {v:.2f}s" for k, v in sorted(result.timings.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
         print(f"timings: {', '.join(parts)}; total {sum(result.timings.values()):.2f}s", file=sys.stderr)
     print(result.path)
-    for extra in (result.ply, result.preview):
+    for extra in (result.ply, result.preview, result.lam_zip):
         if extra is not None:
             print(extra)
     return 0

@@ -14,12 +14,14 @@ HELP = "report which assets and devices are available"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--calibrate-attention", action="store_true",
+                        help="time the CPU fast-mode attention kernels now (a few seconds) and cache the fastest")
 
 
 def collect_report() -> dict[str, Any]:
     """Assets (present / missing + the command that fixes it) and the runtime."""
     from .. import __version__
-    from ..setup import assets
+    from ..setup import assets, hub
 
     items = assets.status()
     report: dict[str, Any] = {
@@ -27,12 +29,15 @@ def collect_report() -> dict[str, Any]:
         "home": str(assets.home()),
         "assets": items,
         "licences": dict(assets.LICENCES),
+        # where downloads would come from (the token's value is never reported, only whether one is set)
+        "hub": {"endpoint": hub.endpoint(), "offline": hub.offline(), "token": hub.token() is not None,
+                "cache": str(hub.cache_dir())},
         "version": __version__,
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "platform": platform.platform(),
         "packages": {name: importlib.util.find_spec(name) is not None
-                     for name in ("numpy", "safetensors", "mediapipe", "skimage", "PIL", "smplx", "numba", "gsplat")},
+                     for name in ("numpy", "safetensors", "plyfile", "mediapipe", "skimage", "PIL", "smplx", "numba", "gsplat")},
     }
     try:
         import torch
@@ -44,10 +49,21 @@ def collect_report() -> dict[str, Any]:
         report["mps"] = bool(mps is not None and mps.is_available())
         report["device"] = "cuda" if report["cuda"] else ("mps" if report["mps"] else "cpu")
         report["threads"] = torch.get_num_threads()
+        report["attention"] = _attention_report()
     except ImportError as exc:
         report.update(torch=None, cuda=False, mps=False, device=None, torch_error=str(exc))
         report["ready"] = False
     return report
+
+
+def _attention_report() -> dict[str, Any] | None:
+    """The CPU fast-mode attention kernel: cached choice and measured rates (never calibrates here)."""
+    from ..network import attention_choice
+
+    try:
+        return attention_choice.describe()
+    except Exception as exc:  # noqa: BLE001 - a report line must not break the doctor
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -55,17 +71,31 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("torch"):
         dev = report["device"] + (f" ({report['cuda_device']})" if report.get("cuda_device") else "")
         lines.append(f"torch {report['torch']}  device: {dev}  threads: {report.get('threads')}")
+        att = report.get("attention")
+        if att and "error" in att:
+            lines.append(f"attention kernel: could not be read ({att['error']})")
+        elif att:
+            from ..network.attention_choice import format_description
+
+            lines.extend(format_description(att))
     else:
         lines.append(f"torch: NOT INSTALLED ({report.get('torch_error', '')}); install the backend environment")
     missing_pk = [k for k, v in report["packages"].items() if not v]
     if missing_pk:
         lines.append("packages not found: " + ", ".join(missing_pk))
     lines.append(f"asset folder: {report['home']}")
+    h = report.get("hub") or {}
+    if h:
+        lines.append(f"hub: {h['endpoint']}" + ("  (HF_TOKEN set)" if h.get("token") else "")
+                     + ("  OFFLINE (HF_HUB_OFFLINE): nothing is downloaded" if h.get("offline") else "")
+                     + f"; Hugging Face cache: {h['cache']}")
     for a in report["assets"]:
         tag = "ok     " if a["present"] else ("MISSING" if a["required"] else "absent ")
         line = f"  [{tag}] {a['name']}: {a['detail']}"
         if a["present"]:
-            line += f"\n            {a['path']}" + (f"  (from {a['source']})" if a.get("source") else "")
+            line += f"\n            {a['path']}"
+            if a.get("source"):
+                line += f"\n            source ({a.get('source_kind') or 'unknown'}): {a['source']}"
             if a.get("verified"):
                 line += f"\n            verified: {a['verified']}"
         else:
@@ -76,6 +106,11 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "calibrate_attention", False):
+        from ..network.attention_choice import ensure_choice
+
+        print("timing the attention kernels on this CPU ...", file=sys.stderr, flush=True)
+        ensure_choice(force=True)
     report = collect_report()
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0 if report["ready"] else 1

@@ -1,15 +1,16 @@
 """``lam-head setup``: fetch or register the model assets (LAM weights, FLAME).
 
-Without file options it downloads LAM-20K (and with ``--lam-assets`` LAM's
-asset archive with FLAME) from ``--origin`` after the licences are accepted.
-``--weights DIR`` / ``--flame FILE`` / ``--landmark-embedding FILE`` /
-``--lam-template ZIP`` register local files instead (no download).
+Without file options it gets LAM-20K (and with ``--lam-assets`` LAM's asset
+archive with FLAME): from a Hugging Face cache snapshot when there is one, else
+downloaded from the endpoint (``--origin``, ``$LAM_HEAD_ORIGIN``, ``$HF_ENDPOINT``)
+after the licences are accepted. ``--from-lam-repo DIR`` / ``--weights DIR`` /
+``--flame FILE`` / ``--landmark-embedding FILE`` / ``--lam-template ZIP``
+register local files instead (no download).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 HELP = "fetch or register the model assets (LAM weights, FLAME)"
@@ -20,13 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept the licences of what is downloaded (CC BY-NC 4.0 weights; FLAME licence) without asking")
     parser.add_argument("--lam-assets", action="store_true",
                         help="also download LAM's asset archive (FLAME 2023, landmark embedding; FLAME licence)")
+    parser.add_argument("--from-lam-repo", metavar="DIR",
+                        help="use the assets of an official LAM repository checkout (model_zoo/..., in place, verified)")
     parser.add_argument("--weights", metavar="DIR", help="register a local folder with config.json + model.safetensors")
     parser.add_argument("--flame", metavar="FILE", help="register a local FLAME model (.pkl, e.g. FLAME 2023 Open)")
     parser.add_argument("--landmark-embedding", metavar="FILE", help="register a local landmark_embedding_with_eyes.npy")
     parser.add_argument("--lam-template", metavar="ZIP",
                         help="register a LAM web avatar ZIP as the template of exported ZIPs and the ARKit basis source")
-    parser.add_argument("--origin", default=os.environ.get("LAM_HEAD_ORIGIN"),
-                        help="download origin (default $LAM_HEAD_ORIGIN or https://huggingface.co)")
+    parser.add_argument("--origin", default=None,
+                        help="download endpoint (default $LAM_HEAD_ORIGIN, else $HF_ENDPOINT, else https://huggingface.co); "
+                             "$HF_TOKEN is sent to it, $HF_HUB_OFFLINE=1 forbids downloads")
     parser.add_argument("--force", action="store_true", help="download again even if present")
 
 
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         lines = assets.run_setup(
             accept_licences=args.accept_licences, lam_assets=args.lam_assets, weights=args.weights,
             flame=args.flame, landmark_embedding=args.landmark_embedding, lam_template=args.lam_template,
-            origin=args.origin, force=args.force,
+            from_lam_repo=args.from_lam_repo, origin=args.origin, force=args.force,
             confirm=_prompt, progress=bar,
         )
     finally:

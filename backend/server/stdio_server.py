@@ -71,6 +71,7 @@ _PARAM_SPECS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "flame": ((str, type(None)), False),
         "landmark_embedding": ((str, type(None)), False),
         "lam_template": ((str, type(None)), False),
+        "from_lam_repo": ((str, type(None)), False),
         "origin": ((str, type(None)), False),
     },
 }

@@ -12,8 +12,11 @@ with an HTTP Range request. What is verified:
   ``ETag`` is the git blob id, sha1("blob <size>\\0" + bytes), checked too.
 
 Requests go only to the configured origin. Redirects from it (Hugging Face
-sends LFS files to its CDN) are followed over https, or within the same
-origin; the bytes must then match the size/hash the origin itself declared.
+sends LFS files to its CDN) are followed over https, or to the origin's own
+host (same scheme, any port: a local mirror's file server); the bytes must then
+match the size/hash the origin itself declared. A token (``HF_TOKEN``) is sent
+as ``Authorization: Bearer`` to the configured origin only, never to a redirect
+target on another origin, and never appears in a message or a log.
 """
 
 from __future__ import annotations
@@ -73,9 +76,14 @@ def _origin(url: str) -> tuple[str, str]:
     return p.scheme.lower(), p.netloc.lower()
 
 
+def _host(url: str) -> tuple[str, str | None]:
+    p = urllib.parse.urlsplit(url)
+    return p.scheme.lower(), p.hostname
+
+
 def _allowed_redirect(origin: str, target: str) -> bool:
-    scheme, netloc = _origin(target)
-    return (scheme, netloc) == _origin(origin) or scheme == "https"
+    scheme, _ = _origin(target)
+    return scheme == "https" or _host(target) == _host(origin)
 
 
 def _strip_etag(value: str | None) -> str | None:
@@ -87,11 +95,16 @@ def _strip_etag(value: str | None) -> str | None:
     return v.strip('"').lower()
 
 
-def _request(url: str, origin: str, method: str = "GET", headers: dict | None = None, timeout: float = 30.0):
-    """Open ``url`` following at most 5 checked redirects; returns (response, first_headers)."""
+def _request(url: str, origin: str, method: str = "GET", headers: dict | None = None, timeout: float = 30.0,
+             token: str | None = None):
+    """Open ``url`` following at most 5 checked redirects; returns (response, first_headers).
+    ``token`` goes only to URLs on the configured origin."""
     first_headers = None
     for _ in range(6):
-        req = urllib.request.Request(url, method=method, headers={"User-Agent": "lam-head", **(headers or {})})
+        sent = {"User-Agent": "lam-head", **(headers or {})}
+        if token and _origin(url) == _origin(origin):
+            sent["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(url, method=method, headers=sent)
         try:
             resp = _OPENER.open(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
@@ -112,9 +125,30 @@ def _request(url: str, origin: str, method: str = "GET", headers: dict | None = 
             return exc, first_headers or exc.headers
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise DownloadError(f"cannot reach {url}: {reason}; check the network or the --origin setting") from None
+            raise DownloadError(f"cannot reach {url}: {reason}; check the network, or set HF_ENDPOINT (or --origin) "
+                                "to a Hugging Face mirror") from None
         return resp, first_headers or resp.headers
     raise DownloadError(f"{url}: too many redirects")
+
+
+def get_json(url: str, *, origin: str, token: str | None = None, timeout: float = 30.0) -> tuple[int, object]:
+    """(HTTP status, parsed JSON body or None) of a GET on the configured origin (the hub's API)."""
+    if _origin(url) != _origin(origin):
+        raise DownloadError(f"refusing to query {url}: not under the configured origin {origin}")
+    resp, _ = _request(url, origin, "GET", headers={"Accept": "application/json"}, timeout=timeout, token=token)
+    status = 200 if resp is None else (getattr(resp, "status", None) or resp.getcode())
+    if resp is None:
+        return 502, None
+    try:
+        body = resp.read(1 << 20) if status < 400 else b""
+    except (OSError, ValueError):
+        body = b""
+    finally:
+        resp.close()
+    try:
+        return status, json.loads(body) if body else None
+    except ValueError:
+        return status, None
 
 
 def _expected_from_headers(headers) -> tuple[int | None, str | None, str | None]:
@@ -151,9 +185,15 @@ def download(
     cancel: CancelToken | None = None,
     retries: int = 2,
     timeout: float = 30.0,
+    token: str | None = None,
+    expected_commit: str | None = None,
 ) -> DownloadResult:
     """Fetch ``url`` (which must lie under ``origin``) into ``dest``, resuming a
-    previous ``dest.part``; verify; rename into place. Raises DownloadError."""
+    previous ``dest.part``; verify; rename into place. Raises DownloadError.
+
+    ``token``: sent to the origin only (see the module doc). ``expected_commit``: the
+    repository commit the URL is pinned to; an origin answering with another
+    ``X-Repo-Commit`` is refused."""
     dest = Path(dest)
     if _origin(url) != _origin(origin):
         raise DownloadError(f"refusing to download {url}: not under the configured origin {origin}")
@@ -163,7 +203,8 @@ def download(
     attempt = 0
     while True:
         try:
-            return _download_once(url, dest, part, note, origin, expected_size, expected_sha256, progress, cancel, timeout)
+            return _download_once(url, dest, part, note, origin, expected_size, expected_sha256, progress, cancel, timeout,
+                                  token, expected_commit)
         except _Transient as exc:
             attempt += 1
             if attempt > retries:
@@ -178,10 +219,11 @@ class _Transient(Exception):
     """A network hiccup worth retrying (the .part is kept)."""
 
 
-def _download_once(url, dest, part, note, origin, expected_size, expected_sha256, progress, cancel, timeout):
+def _download_once(url, dest, part, note, origin, expected_size, expected_sha256, progress, cancel, timeout,
+                   token=None, expected_commit=None):
     name = dest.name
     # What the origin declares (sizes/hashes), from the first answer of a HEAD.
-    head, first = _request(url, origin, "HEAD", timeout=timeout)
+    head, first = _request(url, origin, "HEAD", timeout=timeout, token=token)
     status = 200 if head is None else (getattr(head, "status", None) or head.getcode())
     if head is not None:
         head.close()
@@ -191,6 +233,9 @@ def _download_once(url, dest, part, note, origin, expected_size, expected_sha256
         raise DownloadError(f"{url}: access denied ({status}); the repository may need you to log in or accept its terms on the website")
     if status >= 400:
         raise _Transient(f"HTTP {status}")
+    commit = (first.get("X-Repo-Commit") or "").strip().lower()
+    if expected_commit and commit and commit != expected_commit.lower():
+        raise DownloadError(f"{name}: the origin serves commit {commit}, not the pinned {expected_commit}; refusing")
     size_h, sha_h, git_h = _expected_from_headers(first)
     if size_h is None and head is not None:
         cl = (head.headers.get("Content-Length") or "").strip()
@@ -218,7 +263,7 @@ def _download_once(url, dest, part, note, origin, expected_size, expected_sha256
 
     if want_size is None or have < want_size:
         headers = {"Range": f"bytes={have}-"} if have else {}
-        resp, _ = _request(url, origin, "GET", headers=headers, timeout=timeout)
+        resp, _ = _request(url, origin, "GET", headers=headers, timeout=timeout, token=token)
         status = getattr(resp, "status", None) or resp.getcode()
         try:
             if status == 416 and have:

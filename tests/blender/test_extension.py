@@ -104,3 +104,22 @@ def test_devenv_build_command(tmp_path):
     version = tomllib.loads((ROOT / "blender_manifest.toml").read_text())["version"]
     assert out.parent == tmp_path and out.name == f"lam_head-{version}.zip"
     assert not list(tmp_path.glob(".build-*")), "no temporary build folder is left behind"
+
+
+def test_bundled_plyfile_wheel_is_declared_shipped_and_installed(lam_extension_zip, lam):
+    """plyfile (PLY I/O of backend/core/formats/ply.py) ships as a wheel that Blender installs offline."""
+    manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text())
+    wheels = manifest["wheels"]
+    assert wheels == ["./wheels/plyfile-1.1.3-py3-none-any.whl"]
+    assert (ROOT / wheels[0]).is_file()
+    assert "wheels/plyfile-1.1.3-py3-none-any.whl" in zipfile.ZipFile(lam_extension_zip).namelist()
+    # Blender unpacked it into the extensions' site-packages (the hermetic user folder)
+    site = Path(bpy.utils.user_resource("EXTENSIONS", path=".local"))
+    assert list(site.rglob("plyfile.py")), f"plyfile not installed under {site}"
+    # and the add-on's PLY writer works through it
+    import numpy as np
+
+    ply = lam.core.ply
+    out = ply.columns_to_bytes({"x": np.zeros(2, np.float32), "y": np.ones(2, np.float32)})
+    assert out.startswith(b"ply\nformat binary_little_endian 1.0\nelement vertex 2\n")
+    assert list(ply.read_ply_columns(out, "t.ply")) == ["x", "y"]
