@@ -5,6 +5,8 @@ assigned directly (``load_state_dict(assign=True)``): peak memory stays near one
 Strict by default: missing, unexpected and wrongly shaped keys are refused, listed by name. Optional keys:
 the ``attn.norm_added_q/k`` pair (QK-norm on image tokens: used only when the checkpoint has it) and
 ``renderer.flame_model.*`` FLAME buffers (recognised, not loaded into the network; see read_flame_buffers).
+Key names are the official ones throughout: the DINOv2 encoder is transformers' module, and dinov2.py maps
+``encoder.model.*`` onto it inside ``load_state_dict`` (its ``state_dict`` reports the official names).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .config import HEAD_CHANNELS, LamConfig
+from .config import HEAD_CHANNELS, DinoArch, LamConfig
 
 
 class Entry(NamedTuple):
@@ -32,33 +32,7 @@ def state_dict_layout(cfg: LamConfig, qk_norm_context: bool = True) -> list[Entr
 
     d = cfg.dino
     e = d.embed_dim
-    m = "encoder.model"
-    p(f"{m}.cls_token", 1, 1, e)
-    p(f"{m}.pos_embed", 1, 1 + d.pos_grid**2, e)
-    if d.num_register_tokens:
-        p(f"{m}.register_tokens", 1, d.num_register_tokens, e)
-    p(f"{m}.patch_embed.proj.weight", e, 3, d.patch_size, d.patch_size)
-    p(f"{m}.patch_embed.proj.bias", e)
-    for i in range(d.depth):
-        b = f"{m}.blocks.{i}"
-        p(f"{b}.norm1.weight", e)
-        p(f"{b}.norm1.bias", e)
-        lin(f"{b}.attn.qkv", e, 3 * e, d.qkv_bias)
-        lin(f"{b}.attn.proj", e, e, d.proj_bias)
-        if d.layerscale:
-            p(f"{b}.ls1.gamma", e)
-        p(f"{b}.norm2.weight", e)
-        p(f"{b}.norm2.bias", e)
-        if d.ffn_layer == "mlp":
-            lin(f"{b}.mlp.fc1", e, d.mlp_hidden, d.ffn_bias)
-            lin(f"{b}.mlp.fc2", d.mlp_hidden, e, d.ffn_bias)
-        else:
-            lin(f"{b}.mlp.w12", e, 2 * d.mlp_hidden, d.ffn_bias)
-            lin(f"{b}.mlp.w3", d.mlp_hidden, e, d.ffn_bias)
-        if d.layerscale:
-            p(f"{b}.ls2.gamma", e)
-    p(f"{m}.norm.weight", e)
-    p(f"{m}.norm.bias", e)
+    out.extend(dino_layout(d, "encoder.model."))
     n_fused = len(d.intermediate_layer_idx)
     for j in range(n_fused):
         p(f"encoder.fusion_head.projects.{j}.weight", e, e, 1, 1)
@@ -101,4 +75,51 @@ def state_dict_layout(cfg: LamConfig, qk_norm_context: bool = True) -> list[Entr
         lin(f"renderer.mlp_net.layers.{2 * k}", dims[k], dims[k + 1])
     for head, ch in HEAD_CHANNELS.items():
         lin(f"renderer.gs_net.out_layers.{head}", cfg.gs_query_dim, ch)
+    return out
+
+
+def dino_layout(d: DinoArch, prefix: str = "") -> list[Entry]:
+    """The DINOv2 backbone's entries (``encoder.model.*`` in LAM) in the reference's registration order.
+
+    This is the key layout of the official DINOv2 code (``cls_token``, ``pos_embed``, ``register_tokens``,
+    ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv, attn.proj, ls1, norm2, mlp.fc1/fc2 or mlp.w12/w3, ls2}``,
+    ``norm``); dinov2.py maps it onto transformers' module names.
+    """
+    out: list[Entry] = []
+
+    def p(name: str, *shape: int) -> None:
+        out.append(Entry(prefix + name, tuple(shape), "parameter"))
+
+    def lin(name: str, fan_in: int, fan_out: int, bias: bool = True) -> None:
+        p(f"{name}.weight", fan_out, fan_in)
+        if bias:
+            p(f"{name}.bias", fan_out)
+
+    e = d.embed_dim
+    p("cls_token", 1, 1, e)
+    p("pos_embed", 1, 1 + d.pos_grid**2, e)
+    if d.num_register_tokens:
+        p("register_tokens", 1, d.num_register_tokens, e)
+    p("patch_embed.proj.weight", e, 3, d.patch_size, d.patch_size)
+    p("patch_embed.proj.bias", e)
+    for i in range(d.depth):
+        b = f"blocks.{i}"
+        p(f"{b}.norm1.weight", e)
+        p(f"{b}.norm1.bias", e)
+        lin(f"{b}.attn.qkv", e, 3 * e, d.qkv_bias)
+        lin(f"{b}.attn.proj", e, e, d.proj_bias)
+        if d.layerscale:
+            p(f"{b}.ls1.gamma", e)
+        p(f"{b}.norm2.weight", e)
+        p(f"{b}.norm2.bias", e)
+        if d.ffn_layer == "mlp":
+            lin(f"{b}.mlp.fc1", e, d.mlp_hidden, d.ffn_bias)
+            lin(f"{b}.mlp.fc2", d.mlp_hidden, e, d.ffn_bias)
+        else:
+            lin(f"{b}.mlp.w12", e, 2 * d.mlp_hidden, d.ffn_bias)
+            lin(f"{b}.mlp.w3", d.mlp_hidden, e, d.ffn_bias)
+        if d.layerscale:
+            p(f"{b}.ls2.gamma", e)
+    p("norm.weight", e)
+    p("norm.bias", e)
     return out
