@@ -25,7 +25,7 @@ def attach(mesh_obj: bpy.types.Object, scene: bpy.types.Scene | None = None) -> 
     if mesh_obj is None or mesh_obj.type != "MESH":
         raise TypeError("the splat node path needs a mesh object")
     mat = material.get_material()
-    joints = tuple(mesh_obj.get(naming.PROP_JOINT_NAMES, nodes.FLAME_JOINTS))
+    joints = _weighted_joints(mesh_obj)
     group = nodes.get_node_group(mat, joints)
     mod = mesh_obj.modifiers.get(MODIFIER_NAME)
     if mod is None or mod.type != "NODES":
@@ -39,6 +39,25 @@ def attach(mesh_obj: bpy.types.Object, scene: bpy.types.Scene | None = None) -> 
     drivers.drive_bones(mod, arm_obj)
     material.ensure_render_settings(scene or bpy.context.scene)
     return mod
+
+
+def _weighted_joints(mesh_obj) -> tuple[str, ...]:
+    """The avatar's joints that carry skinning weight (a LAM ZIP's skeleton has unweighted
+    ancestors such as the hips: they would only add nodes and drivers to the group)."""
+    import numpy as np
+
+    joints = tuple(mesh_obj.get(naming.PROP_JOINT_NAMES, nodes.FLAME_JOINTS))
+    if joints == nodes.FLAME_JOINTS:
+        return joints  # our avatars share one group
+    w = np.empty(len(mesh_obj.data.vertices), np.float32)
+    kept = []
+    for j in joints:
+        attr = mesh_obj.data.attributes.get(naming.lbs_attr(j))
+        if attr is not None:
+            attr.data.foreach_get("value", w)
+            if (w > 0).any():
+                kept.append(j)
+    return tuple(kept)
 
 
 def set_inputs(mod: bpy.types.NodesModifier, **values) -> None:

@@ -28,10 +28,13 @@ MATERIAL_NAME = "LAM Gaussian Splat"
 MATERIAL_VERSION = 1
 PROP_VERSION = "lam_splat_version"
 MAX_ALPHA = 0.999  # as gsplat (and our CPU renderer) clamp a single Gaussian's alpha
-MIN_TRANSPARENT_BOUNCES = 512
+# Cycles' hard maximum. Real LAM heads stack hundreds of Gaussians along rays through the face
+# and hair (two hits each); at 512 some paths ran out of hits while still visibly transparent.
+MIN_TRANSPARENT_BOUNCES = 1024
 # Below this many transparent hits Cycles never ends a path by Russian roulette: stacked
-# Gaussians composite deterministically (no speckle) in the layers that matter.
-MIN_TRANSPARENT_NO_ROULETTE = 64
+# Gaussians composite deterministically (no speckle). Roulette on dense real heads turned
+# the face into white speckle at 64, so it is off for every hit the limit allows.
+MIN_TRANSPARENT_NO_ROULETTE = 1024
 
 
 def _build(mat: bpy.types.Material) -> None:

@@ -73,7 +73,7 @@ class LamTemplate:
         """One byte string (a small ZIP) to keep with an imported avatar; :meth:`unpack` reads it."""
         info = {"folder": self.folder, "source_name": self.source_name, "source_sha256": self.source_sha256}
         buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # fast: import time matters
             zf.writestr(_TEMPLATE_INFO, json.dumps(info, sort_keys=True))
             for member, data in zip(TEMPLATE_MEMBERS, (self.skin_glb, self.animation_glb, self.vertex_order_json)):
                 zf.writestr(member, data)
