@@ -34,8 +34,8 @@ BPY45_REQUIREMENTS = ["bpy==4.5.15", "numpy<2", "pytest", "plyfile", "numba", "s
 def setup_main() -> Path:
     return environment.install(
         MAIN_VENV,
-        ["-e", f"{ROOT}[backend,blender,test]"],
-        stamp_inputs=[ROOT / "pyproject.toml", environment.REQUIREMENTS_FILE],
+        ["-e", f"{ROOT}[backend,blender,test,cluster]"],
+        stamp_inputs=[ROOT / "pyproject.toml", environment.REQUIREMENTS_FILE, ROOT / "backend" / "requirements-cluster.txt"],
     )
 
 

@@ -16,6 +16,7 @@ from ..core.errors import LamHeadError
 
 COMMANDS = {
     "create": "photo -> avatar file (the main job)",
+    "batch": "many photos -> one avatar folder each (one network load; --ray for a Ray cluster)",
     "render": "render an avatar (turntable or motion) to PNG frames / MP4",
     "export-zip": "avatar file -> LAM web ZIP (LAM web player / OpenAvatarChat)",
     "setup": "fetch or register the model assets (LAM weights, FLAME)",

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..core.atomic_write import atomic_path
 from ..core.errors import BadInputError, CancelToken, LamHeadError, MissingAssetError
 from ..setup import assets
@@ -202,104 +198,32 @@ def create_avatar(
     res = resolve_assets(weights, flame)
     web = _LamWebExport.prepare(lam_zip)
     _note_ignored_component_counts(res.config)
-    levels = int(res.config.get("flame_subdivide_num", 1))
 
-    from .. import fit as fit_mod
-    from .. import flame as flame_mod
-    from .. import network, preprocess
-    from ..core.formats import avatar_file
-    from .assemble import assemble_avatar
+    # The stages (stages.py), composed for one photo; lam-head batch schedules the same ones.
+    from .stages import Outputs, RunSettings, infer, load_network, prepare_photo, write_photo
 
+    run = RunSettings(res, precision, device, None if web is None else web.template)
     stages = _Stages(progress, cancel)
     created: list[Path] = []
     try:
-        stages.enter("decode", image.name)
-        rgb = preprocess.load_image(image)
-        image_sha = hashlib.sha256(image.read_bytes()).hexdigest()
-
-        stages.enter("detect")
-        prepared = preprocess.prepare_portrait(rgb, progress=stages.sub("detect"), cancel=cancel,
-                                               debug_dir=debug_dir)
-        for w in prepared.warnings:
-            warn(w)
-        if debug_dir is not None:
-            _save_debug(Path(debug_dir), prepared)
-
-        stages.enter("fit", "loading FLAME")
-        flame_model = _load_flame(flame_mod, network, res)
-        embedding = fit_mod.load_landmark_embedding(res.landmark_embedding) if res.landmark_embedding else None
-        size = int(prepared.image.shape[0])
-        # Every shape and expression component of the FLAME file (300 / 100 for FLAME 2023).
-        fitted = fit_mod.fit_flame(flame_model, prepared.landmarks68, size, embedding=embedding,
-                                   progress=stages.sub("fit"), cancel=cancel, n_shape=flame_model.n_shape,
-                                   n_expr=flame_model.n_expr)
-        for w in fitted.warnings:
-            warn(w)
-        if debug_dir is not None:
-            _save_fit(Path(debug_dir), fitted)
-
-        stages.enter("rig")
-        basis, basis_note = _arkit_basis(flame_mod, flame_model)
-        if basis_note:
-            warn(basis_note)
-        rig = flame_mod.build_rig(flame_model, fitted.betas, levels=levels, arkit=basis)
-        if web is not None:
-            web.check_rig(rig)  # before the network's time is spent
-
-        del flame_model, embedding, rgb
-        _return_freed_memory()  # before the network's multi-GB peak
+        photo = prepare_photo(run, image, stages, warn, debug_dir=debug_dir,
+                              check_rig=None if web is None else web.check_rig)
+        _return_freed_memory()  # the FLAME model, photo and detectors are gone: before the network's multi-GB peak
 
         stages.enter("load", res.weights_dir.name)
-        dev = network.select_device(device)
-        model, report = network.load_lam(res.weights_dir, device=dev)
-        for note in report.notes:
+        net = load_network(run)
+        for note in net.notes:
             log.info("weights: %s", note)
 
-        stages.enter("network", f"{rig.template.shape[0]} points on {dev}")
-        pred = network.predict(model, prepared.image, rig.template, precision=precision,
-                               progress=stages.sub("network"), cancel=cancel)
-        del model
+        stages.enter("network", f"{photo.n_points} points on {net.device}")
+        pred = infer(net, [photo], precision, progress=stages.sub("network"), cancel=cancel)[0]
+        dev = net.device
+        del net
 
         stages.enter("write")
-        meta = {
-            "model": res.config.get("model_name") or res.weights_dir.name,
-            "weights_dir": str(res.weights_dir),
-            "flame_source": res.flame_source,
-            "source_image": image.name,
-            "source_image_sha256": image_sha,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "backend_version": __version__,
-            "device": str(dev),
-            "precision": precision,
-            "fit_rms_px": None if math.isnan(fitted.rms_px) else float(fitted.rms_px),  # NaN: no fit ran
-            "flame_components": {"shape": int(rig.shape_params.size), "expression": int(rig.expr_dirs.shape[2])},
-            "arkit_basis": None if basis is None else basis.source,
-            "licences": LICENCES,
-        }
-        avatar = assemble_avatar(rig, pred.xyz, pred.rgb, pred.opacity, pred.scale, pred.rotation, meta)
-        avatar_file.to_arrays(avatar)  # validate before anything is written
-        target = output
-        try:
-            if ply is not None:
-                cancel.check()
-                target = Path(ply)
-                created.append(_write_ply(target, avatar))
-            if preview is not None:
-                cancel.check()
-                target = Path(preview)
-                path = _write_preview(target, avatar, warn)
-                if path is not None:
-                    created.append(path)
-            if web is not None:
-                cancel.check()
-                target = web.path
-                created.append(web.write(avatar))
-            cancel.check()
-            target = output
-            avatar_file.save_avatar(output, avatar)
-            created.append(output)
-        except OSError as exc:
-            raise BadInputError(f"cannot write {target}: {exc.strerror or exc}; choose another output folder") from None
+        outputs = Outputs(output, None if ply is None else Path(ply), None if preview is None else Path(preview),
+                          None if web is None else web.path)
+        written_preview = write_photo(run, photo, pred, str(dev), outputs, warn, cancel, created)
         stages.close()
     except BaseException:
         for p in created:
@@ -307,7 +231,7 @@ def create_avatar(
         raise
     return CreateResult(output, stages.timings, warnings,
                         Path(ply) if ply is not None else None,
-                        Path(preview) if preview is not None and Path(preview) in created else None,
+                        written_preview,
                         None if web is None else web.path)
 
 

@@ -8,6 +8,17 @@ mediapipe's own C++ bindings and take numpy arrays). We install mediapipe
 whose ``__init__`` would pull them in, with their real search paths, and then
 import the solution modules themselves. Everything they run is mediapipe's own
 code and model files, shipped inside the wheel.
+
+Every calculator-options protobuf module of the wheel is imported before the first graph is
+built (:func:`_register_option_types`). A solution hands its graph to C++ through Python's
+protobuf, and any node option whose message type Python has not imported yet is silently
+dropped on the way: ``face_detection.py`` does not import the non-max-suppression options, so
+in a fresh process the detector ran with plain NMS instead of its weighted NMS, until
+``face_mesh.py`` (which does import them) had been loaded by the first photo's landmark step.
+Every later photo of the same process was then detected differently from the first (boxes ~1 px
+apart, landmarks and crop following); the face mesh lost its presence-score sigmoid the same
+way. With every options type registered up front each photo gets the graphs as mediapipe
+defines them, whatever ran before it.
 """
 
 from __future__ import annotations
@@ -51,6 +62,30 @@ def solution(name: str) -> types.ModuleType:
         if "mediapipe" not in sys.modules:
             _package("mediapipe", root)
         _package("mediapipe.python.solutions", os.path.join(root, "python", "solutions"))
+        _register_option_types(root)
         mod = importlib.import_module(f"mediapipe.python.solutions.{name}")
         _cache[name] = mod
         return mod
+
+
+# Folders of the mediapipe wheel whose ``*_pb2`` modules define graph-node options (not ``tasks``).
+_OPTION_PACKAGES = ("framework", "calculators", "modules", "gpu", "util")
+_registered = False
+
+
+def _register_option_types(root: str) -> None:
+    """Import every ``*_pb2`` module under :data:`_OPTION_PACKAGES` once (about 200, ~0.1 s), so no
+    node option of any solution graph is dropped for want of its Python type (module docstring)."""
+    global _registered
+    if _registered:
+        return
+    for sub in _OPTION_PACKAGES:
+        for folder, _dirs, files in os.walk(os.path.join(root, sub)):
+            for f in sorted(files):
+                if f.endswith("_pb2.py"):
+                    rel = os.path.relpath(os.path.join(folder, f[:-3]), root)
+                    try:
+                        importlib.import_module("mediapipe." + rel.replace(os.sep, "."))
+                    except ImportError:  # a module needing something not installed defines no option we use
+                        continue
+    _registered = True
