@@ -376,3 +376,19 @@ def test_point_embedding_stays_float32_under_autocast(tiny_model, inputs):
             amp = model.pcl_embed(pts)
     assert amp.dtype == torch.float32
     assert torch.equal(amp, ref)
+
+
+def test_a_batch_of_photos_equals_each_photo_alone(tiny_model, inputs):
+    from backend.network import predict, predict_batch
+
+    model, image, points = tiny_model[0], *inputs
+    other = np.ascontiguousarray(image[::-1])
+    moved = (points + 0.01).astype(np.float32)
+    batch = predict_batch(model, [image, other], [points, moved])
+    for got, (img, pts) in zip(batch, [(image, points), (other, moved)], strict=True):
+        alone = predict(model, img, pts)
+        for name in ("xyz", "rgb", "opacity", "scale", "rotation"):
+            np.testing.assert_allclose(getattr(got, name), getattr(alone, name), atol=2e-5)
+    np.testing.assert_array_equal(predict_batch(model, [image], [points])[0].xyz, predict(model, image, points).xyz)
+    with pytest.raises(BadInputError, match="same number of query points"):
+        predict_batch(model, [image, other], [points, points[:5]])

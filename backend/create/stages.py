@@ -195,43 +195,8 @@ def infer(
     if len(photos) == 1:
         p = photos[0]
         return [network.predict(net.model, p.image, p.rig.template, precision=precision, progress=progress, cancel=cancel)]
-    return _predict_batch(net, photos, precision, progress=progress, cancel=cancel)
-
-
-def _predict_batch(net: Network, photos: Sequence[PreparedPhoto], precision: str, *, progress=None, cancel=None) -> list[Any]:
-    import contextlib
-
-    import torch
-
-    from ..network.inference import GaussianPrediction, _check_inputs, autocast_dtype
-
-    if len({p.n_points for p in photos}) != 1:
-        raise BadInputError("a network batch needs photos with the same number of query points (same FLAME)")
-    pairs = [_check_inputs(net.model, p.image, p.rig.template) for p in photos]
-    device = next(net.model.parameters()).device
-    dtype = autocast_dtype(device, precision)
-
-    def on_block(stage: str, done: int, total: int) -> None:
-        if cancel is not None:
-            cancel.check()
-        if progress is not None:
-            progress(stage, done / total, f"{stage} {done}/{total}")
-
-    if cancel is not None:
-        cancel.check()
-    if dtype == torch.bfloat16 and device.type == "cpu":
-        from ..network.attention_choice import ensure_choice
-
-        ensure_choice(photos[0].n_points)
-    img = torch.from_numpy(np.stack([np.ascontiguousarray(i.transpose(2, 0, 1)) for i, _ in pairs])).to(device)
-    q = torch.from_numpy(np.stack([p for _, p in pairs])).to(device)
-    amp: Any = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.inference_mode(), amp:
-        out = net.model(img, q, on_block=on_block)
-    arr = {k: v.float().cpu().numpy().astype(np.float32) for k, v in out.items()}
-    return [GaussianPrediction(xyz=arr["xyz"][b], offset=arr["offset"][b], rgb=arr["rgb"][b],
-                               opacity=arr["opacity"][b, :, 0], scale=arr["scaling"][b], rotation=arr["rotation"][b])
-            for b in range(len(photos))]
+    return network.predict_batch(net.model, [p.image for p in photos], [p.rig.template for p in photos], precision,
+                                 progress=progress, cancel=cancel)
 
 
 def write_photo(

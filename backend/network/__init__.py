@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_lam": "checkpoint",
     "LoadReport": "checkpoint",
     "predict": "inference",
+    "predict_batch": "inference",
     "predict_from_betas": "inference",
     "GaussianPrediction": "inference",
     "select_device": "devices",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +91,24 @@ def predict(
     progress(stage, fraction, message) is called after each encoder block ("encoder"), each transformer
     block ("transformer") and the heads ("heads"); cancel.check() runs between blocks.
     """
-    image, pts = _check_inputs(model, image, query_points)
+    return predict_batch(model, [image], [query_points], precision, progress, cancel, capture)[0]
+
+
+def predict_batch(
+    model: LamModel,
+    images: Sequence[np.ndarray],
+    query_points: Sequence[np.ndarray],
+    precision: str = "fp32",
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+    capture: Callable[[str, torch.Tensor], None] | None = None,
+) -> list[GaussianPrediction]:
+    """B photos in one forward: images B x (H,W,3), query_points B x (N,3) with the same N -> B
+    predictions. B = 1 is :func:`predict` exactly; larger batches agree with it to float rounding
+    (about 1e-6), not bit for bit."""
+    pairs = [_check_inputs(model, i, p) for i, p in zip(images, query_points, strict=True)]
+    if not pairs or len({len(p) for _, p in pairs}) != 1:
+        raise BadInputError("a network batch needs at least one photo, all with the same number of query points")
     device = next(model.parameters()).device
     dtype = autocast_dtype(device, precision)
 
@@ -107,21 +124,17 @@ def predict(
         from .attention_choice import ensure_choice
 
         # Full-size problems time the attention kernels once per machine (cached), before the forward.
-        ensure_choice(len(pts), progress=None if progress is None else (lambda msg: progress("encoder", 0.0, msg)))
-    img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
-    q = torch.from_numpy(pts)[None].to(device)
+        ensure_choice(len(pairs[0][1]),
+                      progress=None if progress is None else (lambda msg: progress("encoder", 0.0, msg)))
+    img = torch.from_numpy(np.stack([np.ascontiguousarray(i.transpose(2, 0, 1)) for i, _ in pairs])).to(device)
+    q = torch.from_numpy(np.stack([p for _, p in pairs])).to(device)
     amp: Any = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), amp:
         out = model(img, q, capture=capture, on_block=on_block)
-    arr = {k: v[0].float().cpu().numpy().astype(np.float32) for k, v in out.items()}
-    return GaussianPrediction(
-        xyz=arr["xyz"],
-        offset=arr["offset"],
-        rgb=arr["rgb"],
-        opacity=arr["opacity"][:, 0],
-        scale=arr["scaling"],
-        rotation=arr["rotation"],
-    )
+    arr = {k: v.float().cpu().numpy().astype(np.float32) for k, v in out.items()}
+    return [GaussianPrediction(xyz=arr["xyz"][b], offset=arr["offset"][b], rgb=arr["rgb"][b],
+                               opacity=arr["opacity"][b, :, 0], scale=arr["scaling"][b], rotation=arr["rotation"][b])
+            for b in range(len(pairs))]
 
 
 def predict_from_betas(
