@@ -33,6 +33,7 @@ from typing import Any
 
 from ..core.atomic_write import atomic_path
 from ..core.errors import BadInputError, CancelledError, CancelToken, LamHeadError
+from ..core.file_hash import sha256_file
 from . import stages as S
 
 log = logging.getLogger("lam_head.batch")
@@ -168,7 +169,7 @@ def already_done(item: BatchItem) -> bool:
 
         with np.load(item.outputs.avatar, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-        return meta.get("source_image_sha256") == S.file_sha256(item.source)
+        return meta.get("source_image_sha256") == sha256_file(item.source)
     except Exception:  # unreadable avatar or photo: make it again
         return False
 

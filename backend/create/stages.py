@@ -12,7 +12,6 @@ same stage names, messages and result whichever way it is scheduled.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import BadInputError, CancelToken
+from ..core.file_hash import sha256_file
 from .pipeline import (
     LICENCES,
     ResolvedAssets,
@@ -111,14 +111,6 @@ class Network:
     notes: list[str] = field(default_factory=list)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def prepare_photo(
     run: RunSettings,
     image: Path,
@@ -138,7 +130,7 @@ def prepare_photo(
     cancel = stages.cancel
     stages.enter("decode", image.name)
     rgb = preprocess.load_image(image)
-    image_sha = file_sha256(image)
+    image_sha = sha256_file(image)
 
     stages.enter("detect")
     prepared = preprocess.prepare_portrait(rgb, progress=stages.sub("detect"), cancel=cancel, debug_dir=debug_dir)
@@ -280,5 +272,5 @@ def _tracked(path: Path, created: list[Path], write: Callable[[], Path | None]) 
     return out
 
 
-__all__ = ["Network", "Outputs", "PreparedPhoto", "RunSettings", "file_sha256", "infer", "load_network",
+__all__ = ["Network", "Outputs", "PreparedPhoto", "RunSettings", "infer", "load_network",
            "prepare_photo", "write_photo"]

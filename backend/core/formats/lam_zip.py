@@ -20,7 +20,6 @@ changes only what differs between avatars: POSITION (and its bounds), ``offset.p
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from ..atomic_write import atomic_path
 from ..errors import BadInputError
+from ..file_hash import sha256_file
 from . import ply
 from .avatar_file import Avatar, AvatarFileError, to_arrays, validate
 from .glb import Glb, GlbError, read_glb
@@ -293,14 +293,6 @@ def _find_folder(z: SafeZip) -> PurePosixPath:
     return folder
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_vertex_order(data: bytes, n: int, name: str) -> None:
     try:
         order = json.loads(data)
@@ -335,7 +327,7 @@ def _read(path: str | os.PathLike, with_avatar: bool) -> tuple[Avatar | None, La
     if read_glb(data[ANIMATION], f"{label}/{ANIMATION}").gltf.get("animations") is None:
         raise LamZipError(f"{label}/{ANIMATION}: holds no animations; expected LAM's body animation clips")
     folder_name = folder.name or path.stem
-    template = LamTemplate(data[SKIN], data[ANIMATION], data[VERTEX_ORDER], folder_name, path.name, _sha256(path))
+    template = LamTemplate(data[SKIN], data[ANIMATION], data[VERTEX_ORDER], folder_name, path.name, sha256_file(path))
     if not with_avatar:
         return None, template
     return _avatar(skin, data[OFFSET], f"{label}/{OFFSET}", template), template
