@@ -22,6 +22,7 @@ from .core import arkit_track, avatar_file, errors, flame_motion, motion_channel
 
 ARKIT_EXTENSIONS = (".csv", ".json")
 FLAME_JOINTS = tuple(naming.BONE_NAMES)
+LAM_HEAD_POSE_BONES = ("neckLower", "head")  # where a LAM ZIP's rig sits like FLAME's root and neck joints
 
 
 @dataclass
@@ -73,7 +74,11 @@ def plan_for(mesh_obj, arm_obj, path: Path, scene, *, frame_offset: int = 0, str
         return plan, "ARKit"
     expr_keys = [kb.name for kb in controls.expression_keys(mesh_obj)]
     motion = flame_motion.load_motion(path, n_expr=len(expr_keys) or None)
-    plan = motion_channels.plan_flame(motion, expr_keys, bones if flame_rig else [], fps, start, bone_modes=modes)
+    if flame_rig:
+        targets: list[str | None] = bones
+    else:  # a LAM web ZIP's skeleton: FLAME's root (neck base) and neck (skull base) joints
+        targets = [b if b in bones else None for b in LAM_HEAD_POSE_BONES] + [None, None, None]
+    plan = motion_channels.plan_flame(motion, expr_keys, targets, fps, start, bone_modes=modes)
     return plan, "FLAME"
 
 

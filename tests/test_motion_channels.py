@@ -78,5 +78,10 @@ def test_flame_plan_needs_a_flame_rig_and_keys_every_field():
     jaw = [c for c in plan.channels if c.data_path == 'pose.bones["jaw"].rotation_euler']
     np.testing.assert_allclose(mc.euler_xyz_matrix(np.stack([c.values for c in jaw], 1)),
                                axis_angle_to_matrix(np.full((t, 3), 0.1)), atol=1e-6)
-    with pytest.raises(BadInputError, match="ARKit track"):
+    with pytest.raises(BadInputError, match="neck and head bones"):
         mc.plan_flame(motion, [], [], 30.0, 1)
+    head_only = mc.plan_flame(motion, [], ["neckLower", "head", None, None, None], 30.0, 1)
+    assert {c.data_path for c in head_only.channels} == {'pose.bones["neckLower"].rotation_euler',
+                                                         'pose.bones["head"].rotation_euler',
+                                                         'pose.bones["neckLower"].location'}
+    assert any("expressions, jaw" in n and "ARKit track" in n for n in head_only.notes)

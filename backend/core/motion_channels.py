@@ -162,28 +162,39 @@ def plan_arkit(
 def plan_flame(
     motion: Motion,
     expr_keys: Sequence[str],
-    bones: Sequence[str],
+    bones: Sequence[str | None],
     scene_fps: float,
     start_frame: int,
     *,
     bone_modes: Mapping[str, str] | None = None,
 ) -> MotionPlan:
     """Key a FLAME motion onto an avatar with expression keys ``expr_keys`` (component order) and
-    ``bones`` for root, neck, jaw, eye_l, eye_r. At every keyed frame the rig's pose is the
-    motion's (resampled) pose exactly."""
-    if not expr_keys or len(bones) != len(FLAME_BONE_FIELDS):
-        raise BadInputError(f"{motion.source}: a FLAME motion needs an avatar made from FLAME (expression keys and "
-                            "the root, neck, jaw and eye bones); this one has none (e.g. a LAM web ZIP: use an ARKit track)")
+    ``bones`` for root, neck, jaw, eye_l, eye_r (None: the avatar has no such bone). At every keyed
+    frame the rig's pose is the motion's (resampled) pose exactly, for what the avatar has.
+
+    A LAM web ZIP avatar has no FLAME blendshapes and moves its jaw and eyes by ARKit morphs: only
+    the head pose applies there (FLAME's root and neck joints onto its neck and head bones)."""
+    if len(bones) != len(FLAME_BONE_FIELDS) or bones[0] is None:
+        raise BadInputError(f"{motion.source}: a FLAME motion needs an avatar with FLAME's joints or LAM's neck and "
+                            "head bones; this one has neither")
     pose = motion.pose
     arrays = {f: np.asarray(getattr(pose, f), np.float64) for f in FLAME_BONE_FIELDS}
     arrays["expr"] = np.asarray(pose.expr, np.float64)
     arrays["translation"] = np.asarray(pose.translation, np.float64)
     frames, out = resample_arrays(arrays, scene_fps, start_frame, source_fps=motion.fps)
     modes = dict(bone_modes or {})
+    notes = list(motion.warnings)
     channels = [Channel(OWNER_KEYS, key_path(name), 0, out["expr"][:, e], "FLAME expressions")
                 for e, name in enumerate(expr_keys[: out["expr"].shape[1]])]
+    skipped = [f for f, b in zip(FLAME_BONE_FIELDS, bones) if b is None and np.any(out[f])]
+    if not expr_keys and np.any(out["expr"]):
+        skipped.insert(0, "expressions")
+    if skipped:
+        notes.append(f"this avatar has no FLAME blendshapes or bones for {', '.join(skipped)}: only the head pose is "
+                     "keyed (drive its face with an ARKit track)")
     for f, bone in zip(FLAME_BONE_FIELDS, bones):
-        channels += rotation_channels(bone, modes.get(bone, "XYZ"), axis_angle_to_matrix(out[f]))
+        if bone is not None:
+            channels += rotation_channels(bone, modes.get(bone, "XYZ"), axis_angle_to_matrix(out[f]))
     channels += [Channel(OWNER_RIG, bone_path(bones[0], "location"), i, out["translation"][:, i], bones[0])
                  for i in range(3)]
-    return MotionPlan(frames, channels, list(motion.warnings))
+    return MotionPlan(frames, channels, notes)

@@ -190,14 +190,23 @@ def test_bad_files_are_refused_and_nothing_changes(lam, tmp_path):
 
 
 @needs_real
-def test_a_flame_motion_on_a_lam_zip_avatar_says_what_to_use_instead(lam, tmp_path):
+def test_a_flame_motion_on_a_lam_zip_avatar_keys_the_head_pose(lam, tmp_path):
     _scene(30)
     assert bpy.ops.lam_head.import_lam_zip(filepath=str(REAL[0])) == {"FINISHED"}
-    np.savez(tmp_path / "take.npz", expr=np.zeros((2, 100), np.float32), jaw_pose=np.zeros((2, 3), np.float32))
-    before = _ids()
-    with pytest.raises(RuntimeError, match="ARKit track"):
-        bpy.ops.lam_head.import_motion(filepath=str(tmp_path / "take.npz"))
-    assert _ids() == before
+    mesh_obj = bpy.context.view_layer.objects.active
+    arm_obj = mesh_obj.parent
+    rng = np.random.default_rng(2)
+    rotation, neck = rng.normal(scale=0.2, size=(4, 3)), rng.normal(scale=0.2, size=(4, 3))
+    np.savez(tmp_path / "take.npz", expr=rng.normal(size=(4, 100)).astype(np.float32),
+             rotation=rotation.astype(np.float32), neck_pose=neck.astype(np.float32),
+             jaw_pose=np.full((4, 3), 0.1, np.float32))
+    assert bpy.ops.lam_head.import_motion(filepath=str(tmp_path / "take.npz")) == {"FINISHED"}
+    assert mesh_obj.data.shape_keys.animation_data is None or mesh_obj.data.shape_keys.animation_data.action is None
+    for f in range(4):
+        bpy.context.scene.frame_set(1 + f)
+        for bone, aa in (("neckLower", rotation[f]), ("head", neck[f])):
+            got = np.array(arm_obj.pose.bones[bone].rotation_euler.to_matrix())
+            np.testing.assert_allclose(got, rig.axis_angle_to_matrix(aa.astype(np.float32)), atol=1e-6)
 
 
 def test_an_avatar_without_arkit_keys_refuses_an_arkit_track(lam, tmp_path):
