@@ -200,9 +200,11 @@ def write_photo(
     warn: Warn,
     cancel: CancelToken,
     created: list[Path],
+    transform: Callable[[Any], Any] | None = None,
 ) -> Path | None:
     """Assemble the avatar and write the optional files, then the avatar file last (each atomically);
     every path written is appended to ``created`` (the caller deletes them on failure or cancel).
+    ``transform(avatar) -> avatar`` runs between assembly and writing (the few-photo refinement).
     Returns the preview's path when one was written."""
     from ..core.formats import avatar_file
     from ..core.formats.lam_zip import write_lam_zip
@@ -225,6 +227,8 @@ def write_photo(
         "licences": LICENCES,
     }
     avatar = assemble_avatar(rig, pred.xyz, pred.rgb, pred.opacity, pred.scale, pred.rotation, meta)
+    if transform is not None:
+        avatar = transform(avatar)
     avatar_file.to_arrays(avatar)  # validate before anything is written
     preview = None
     target = outputs.avatar
