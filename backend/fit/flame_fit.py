@@ -208,6 +208,27 @@ def _no_embedding_fit(n_shape: int, n_expr: int, image_size: int) -> FlameFit:
     )
 
 
+def lbfgs_stage(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], iters: int,
+                report: Callable[[float, str], None], f_from: float, f_to: float, msg: str) -> None:
+    """One fitting stage: L-BFGS (strong Wolfe) on ``params``, reporting progress from ``f_from``
+    towards ``f_to`` every 10 evaluations (``report`` also checks for cancel). Shared by the
+    single-photo and the joint fit, so both optimise exactly alike."""
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    calls = [0]
+
+    def closure() -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] % 10 == 0:
+            report(f_from + (f_to - f_from) * min(1.0, calls[0] / (1.5 * iters)), msg)
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
 def fit_flame(
     flame,
     landmarks68: np.ndarray,
@@ -285,20 +306,7 @@ def _fit(arrays: FlameArrays, lm: np.ndarray, image_size: int, embedding: Landma
         return data + prior
 
     def run(params: list[torch.Tensor], iters: int, f_from: float, f_to: float, msg: str) -> None:
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-9, tolerance_change=1e-12)
-        calls = [0]
-
-        def closure() -> torch.Tensor:
-            calls[0] += 1
-            if calls[0] % 10 == 0:
-                report(f_from + (f_to - f_from) * min(1.0, calls[0] / (1.5 * iters)), msg)
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        lbfgs_stage(params, loss_fn, iters, report, f_from, f_to, msg)
 
     run([rotation, translation, log_f], iterations[0], 0.0, 0.25, "rigid pose and camera")
     run([betas, expr, rotation, neck, jaw, translation, log_f], iterations[1], 0.25, 0.95,

@@ -42,6 +42,7 @@ from .flame_fit import (
     FlameFit,
     LandmarkFlame,
     _no_embedding_fit,
+    lbfgs_stage,
     project,
 )
 
@@ -182,20 +183,7 @@ def _fit_joint(arrays: FlameArrays, lms: list[np.ndarray], sizes: list[int], nam
 
     def run(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], iters: int, f_from: float, f_to: float,
             msg: str) -> None:
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-9, tolerance_change=1e-12)
-        calls = [0]
-
-        def closure() -> torch.Tensor:
-            calls[0] += 1
-            if calls[0] % 10 == 0:
-                report(f_from + (f_to - f_from) * min(1.0, calls[0] / (1.5 * iters)), msg)
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        lbfgs_stage(params, loss_fn, iters, report, f_from, f_to, msg)
 
     rigid_share = 0.25
     for i, v in enumerate(views):  # the photos' rigid stages are independent (shape and expression at zero)
