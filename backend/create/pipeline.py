@@ -156,6 +156,31 @@ class _Stages:
         return cb
 
 
+def checked_output(output: str | os.PathLike, precision: str) -> Path:
+    """The avatar file's path, after the checks every create run makes before any work."""
+    output = Path(output).expanduser()
+    if output.suffix.lower() != ".npz":
+        raise BadInputError(f"the avatar file must end in .npz: {output}")
+    if precision not in PRECISIONS:
+        raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return output
+
+
+class WarningLog:
+    """Collects a run's warnings once each (``messages``), logs them and passes them on."""
+
+    def __init__(self, on_warning: Callable[[str], None] | None = None):
+        self.messages: list[str] = []
+        self._on_warning = on_warning
+
+    def __call__(self, msg: str) -> None:
+        if msg not in self.messages:
+            self.messages.append(msg)
+            log.info("warning: %s", msg)
+            if self._on_warning is not None:
+                self._on_warning(msg)
+
+
 def create_avatar(
     image: str | os.PathLike,
     output: str | os.PathLike,
@@ -179,21 +204,11 @@ def create_avatar(
     MissingAssetError, CancelledError) with a message saying what to do.
     """
     cancel = cancel or CancelToken()
-    image, output = Path(image).expanduser(), Path(output).expanduser()
-    if output.suffix.lower() != ".npz":
-        raise BadInputError(f"the avatar file must end in .npz: {output}")
-    if precision not in PRECISIONS:
-        raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    image, output = Path(image).expanduser(), checked_output(output, precision)
     if not image.is_file():
         raise BadInputError(f"photo not found: {image}")
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        if msg not in warnings:
-            warnings.append(msg)
-            log.info("warning: %s", msg)
-            if on_warning is not None:
-                on_warning(msg)
+    warn = WarningLog(on_warning)
+    warnings = warn.messages
 
     res = resolve_assets(weights, flame)
     web = _LamWebExport.prepare(lam_zip)

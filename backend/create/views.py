@@ -33,12 +33,13 @@ from ..core.errors import BadInputError, CancelledError, CancelToken, LamHeadErr
 from ..core.file_hash import sha256_file
 from .pipeline import (
     _SUBSTAGES,
-    PRECISIONS,
     CreateResult,
     Progress,
+    WarningLog,
     _arkit_basis,
     _LamWebExport,
     _Stages,
+    checked_output,
     resolve_assets,
 )
 
@@ -190,25 +191,15 @@ def create_from_views(
     from .stages import Outputs, PreparedPhoto, RunSettings, infer, load_network, write_photo
 
     cancel = cancel or CancelToken()
-    output = Path(output).expanduser()
-    if output.suffix.lower() != ".npz":
-        raise BadInputError(f"the avatar file must end in .npz: {output}")
-    if precision not in PRECISIONS:
-        raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    output = checked_output(output, precision)
     if int(refine_iterations) < 0:
         raise BadInputError(f"--refine-iterations must be 0 or more, got {refine_iterations}")
     if not 16 <= int(refine_size) <= 1024:
         raise BadInputError(f"--refine-size must be 16 to 1024 pixels, got {refine_size}")
     paths = _check_paths(images)
     names = [p.name for p in paths]
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        if msg not in warnings:
-            warnings.append(msg)
-            log.info("warning: %s", msg)
-            if on_warning is not None:
-                on_warning(msg)
+    warn = WarningLog(on_warning)
+    warnings = warn.messages
 
     res = resolve_assets(weights, flame)
     web = _LamWebExport.prepare(lam_zip)
