@@ -17,8 +17,9 @@ on neck/jaw rotations.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,6 +209,30 @@ def _no_embedding_fit(n_shape: int, n_expr: int, image_size: int) -> FlameFit:
     )
 
 
+def reporter(progress: Callable | None, cancel: CancelToken | None) -> Callable[[float, str], None]:
+    """``report(fraction, message)`` for a fit: checks for cancel, then reports the fit stage."""
+
+    def report(f: float, msg: str) -> None:
+        if cancel is not None:
+            cancel.check()
+        if progress is not None:
+            progress(STAGE, f, msg)
+
+    return report
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """torch on one thread while fitting: tiny tensors, where thread hand-offs cost 40x the maths
+    (worse on busy cores). The previous count is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def lbfgs_stage(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], iters: int,
                 report: Callable[[float, str], None], f_from: float, f_to: float, msg: str) -> None:
     """One fitting stage: L-BFGS (strong Wolfe) on ``params``, reporting progress from ``f_from``
@@ -253,18 +278,8 @@ def fit_flame(
     if embedding is None:
         return _no_embedding_fit(arrays.shapedirs.shape[2], n_expr_model, image_size)
 
-    def report(f: float, msg: str) -> None:
-        if cancel is not None:
-            cancel.check()
-        if progress is not None:
-            progress(STAGE, f, msg)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost 40x the maths, worse on busy cores
-    try:
-        return _fit(arrays, lm, image_size, embedding, n_expr_model, iterations, report)
-    finally:
-        torch.set_num_threads(threads)
+    with single_threaded():
+        return _fit(arrays, lm, image_size, embedding, n_expr_model, iterations, reporter(progress, cancel))
 
 
 def _fit(arrays: FlameArrays, lm: np.ndarray, image_size: int, embedding: LandmarkEmbedding, n_expr_model: int,

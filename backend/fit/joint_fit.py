@@ -44,6 +44,8 @@ from .flame_fit import (
     _no_embedding_fit,
     lbfgs_stage,
     project,
+    reporter,
+    single_threaded,
 )
 
 Progress = Callable[[str, float, str], None]
@@ -107,18 +109,8 @@ def fit_flame_joint(
         fits = [_no_embedding_fit(arrays.shapedirs.shape[2], n_expr_model, s) for s in sizes]
         return JointFit(fits[0].betas.copy(), fits, float("nan"), names, list(fits[0].warnings))
 
-    def report(f: float, msg: str) -> None:
-        if cancel is not None:
-            cancel.check()
-        if progress is not None:
-            progress(STAGE, f, msg)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors (as the single fit)
-    try:
-        return _fit_joint(arrays, lms, sizes, names, embedding, n_expr_model, iterations, report)
-    finally:
-        torch.set_num_threads(threads)
+    with single_threaded():
+        return _fit_joint(arrays, lms, sizes, names, embedding, n_expr_model, iterations, reporter(progress, cancel))
 
 
 class _ViewParams:
