@@ -159,6 +159,14 @@ def test_a_flame_motion_zip_is_read_too(lam, tmp_path):
             zf.write(tmp_path / f"{i}.npz", f"flame_param/{i}.npz")
     assert bpy.ops.lam_head.import_motion(filepath=str(tmp_path / "take.zip")) == {"FINISHED"}
     np.testing.assert_allclose(_key_values(mesh_obj, ["expr_000"], [1, 2, 3])[:, 0], [0.0, 0.1, 0.2], atol=1e-6)
+    # the same frames as a flame_param/ folder (the file browser's directory, no file chosen)
+    folder = tmp_path / "flame_param"
+    folder.mkdir()
+    for i in range(3):
+        (tmp_path / f"{i}.npz").rename(folder / f"{i}.npz")
+    bpy.context.scene.frame_set(11)
+    assert bpy.ops.lam_head.import_motion(filepath=str(folder) + "/") == {"FINISHED"}
+    np.testing.assert_allclose(_key_values(mesh_obj, ["expr_000"], [11, 12, 13])[:, 0], [0.0, 0.1, 0.2], atol=1e-6)
 
 
 def _bad_files(tmp_path) -> list[tuple[str, str]]:
