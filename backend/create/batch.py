@@ -325,9 +325,9 @@ def failure(item: BatchItem, exc: BaseException, seconds: float = 0.0, warnings:
 def check_rig_for(run: S.RunSettings, item: BatchItem) -> Callable[[Any], None] | None:
     if item.outputs.lam_zip is None:
         return None
-    from .pipeline import _LamWebExport
+    from .pipeline import LamWebExport
 
-    return _LamWebExport(item.outputs.lam_zip, run.lam_template).check_rig
+    return LamWebExport(item.outputs.lam_zip, run.lam_template).check_rig
 
 
 def prepare_item(run: S.RunSettings, item: BatchItem, cancel: CancelToken,
@@ -335,7 +335,7 @@ def prepare_item(run: S.RunSettings, item: BatchItem, cancel: CancelToken,
     """(prepared photo, None) or (None, failure). CancelledError and KeyboardInterrupt propagate."""
     warnings: list[str] = []
     progress = None if on_stage is None else (lambda stage, f, m="": on_stage(stage))
-    st = S._Stages(progress, cancel)
+    st = S.Stages(progress, cancel)
     t0 = time.perf_counter()
     try:
         if item.outputs.lam_zip is not None:
@@ -391,7 +391,7 @@ class BatchPlan:
 def make_plan(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, options: BatchOptions) -> BatchPlan:
     """Photos, names, outputs; assets resolved (a missing one fails here, before any work); what is
     already done marked ``skipped`` in the summary."""
-    from .pipeline import PRECISIONS, _note_ignored_component_counts, resolve_assets
+    from .pipeline import PRECISIONS, note_ignored_component_counts, resolve_assets
 
     if options.precision not in PRECISIONS:
         raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
@@ -404,7 +404,7 @@ def make_plan(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, op
     if not photos:
         raise BadInputError(f"no photos found in {' '.join(map(str, inputs))} (looked for {', '.join(IMAGE_SUFFIXES)})")
     res = resolve_assets(options.weights, options.flame)
-    _note_ignored_component_counts(res.config)
+    note_ignored_component_counts(res.config)
     template = None
     if options.lam_zip:
         from .lam_web import resolve_template

@@ -42,7 +42,7 @@ for _name, _w in STAGES:
     _acc += _w
 _STAGE_WEIGHT = dict(STAGES)
 # Callees' own sub-stages: (our stage, start, end) within it, so progress never runs backwards.
-_SUBSTAGES = {"encoder": ("network", 0.0, 0.45), "transformer": ("network", 0.45, 0.95), "heads": ("network", 0.95, 1.0)}
+SUBSTAGES = {"encoder": ("network", 0.0, 0.45), "transformer": ("network", 0.45, 0.95), "heads": ("network", 0.95, 1.0)}
 PRECISIONS = ("fp32", "fast", "bf16", "fp16")
 
 LICENCES = {
@@ -113,7 +113,7 @@ def resolve_assets(weights: str | os.PathLike | None, flame: str | os.PathLike |
     return ResolvedAssets(wdir, config, fpath, source, assets.installed_landmark_embedding())
 
 
-class _Stages:
+class Stages:
     """Times stages and forwards progress; ``enter`` closes the previous stage."""
 
     def __init__(self, progress: Progress | None, cancel: CancelToken):
@@ -145,8 +145,8 @@ class _Stages:
 
         def cb(stage: str, fraction: float, message: str = "") -> None:
             self.cancel.check()
-            if stage in _SUBSTAGES:
-                stage, lo, hi = _SUBSTAGES[stage]
+            if stage in SUBSTAGES:
+                stage, lo, hi = SUBSTAGES[stage]
                 fraction = lo + (hi - lo) * min(1.0, max(0.0, float(fraction)))
             name = stage if stage in _STAGE_WEIGHT else default_stage
             if name != self._stage and name in _STAGE_WEIGHT and _STAGE_START[name] > _STAGE_START.get(self._stage or "", -1):
@@ -211,14 +211,14 @@ def create_avatar(
     warnings = warn.messages
 
     res = resolve_assets(weights, flame)
-    web = _LamWebExport.prepare(lam_zip)
-    _note_ignored_component_counts(res.config)
+    web = LamWebExport.prepare(lam_zip)
+    note_ignored_component_counts(res.config)
 
     # The stages (stages.py), composed for one photo; lam-head batch schedules the same ones.
     from .stages import Outputs, RunSettings, infer, load_network, prepare_photo, write_photo
 
     run = RunSettings(res, precision, device, None if web is None else web.template)
-    stages = _Stages(progress, cancel)
+    stages = Stages(progress, cancel)
     created: list[Path] = []
     try:
         photo = prepare_photo(run, image, stages, warn, debug_dir=debug_dir,
@@ -251,7 +251,7 @@ def create_avatar(
 
 
 @dataclass
-class _LamWebExport:
+class LamWebExport:
     """``lam_zip``: checked before any work (name, template), topology checked once the rig
     exists, the ZIP written (atomically) with the other outputs."""
 
@@ -259,7 +259,7 @@ class _LamWebExport:
     template: Any  # LamTemplate
 
     @classmethod
-    def prepare(cls, lam_zip: str | os.PathLike | None) -> _LamWebExport | None:
+    def prepare(cls, lam_zip: str | os.PathLike | None) -> LamWebExport | None:
         if lam_zip is None:
             return None
         from ..core.formats.lam_zip import check_zip_name
@@ -283,7 +283,7 @@ class _LamWebExport:
         return write_lam_zip(self.path, avatar, self.template)  # atomic; OSError handled by the caller
 
 
-def _note_ignored_component_counts(config: dict) -> None:
+def note_ignored_component_counts(config: dict) -> None:
     """LAM_SPEC section 2: the official renderer builds FLAME with 300 shape and 100 expression
     components whatever ``shape_param_dim`` / ``expr_param_dim`` say (10 / 10 in the released
     LAM-20K config), so those fields are never used for FLAME here either."""
@@ -293,7 +293,7 @@ def _note_ignored_component_counts(config: dict) -> None:
                  ", ".join(f"{k}={v}" for k, v in fields.items()))
 
 
-def _arkit_basis(flame_mod: Any, flame_model) -> tuple[Any, str | None]:
+def arkit_basis_for(flame_mod: Any, flame_model) -> tuple[Any, str | None]:
     """The ARKit basis for this FLAME (registered LAM template, else the bundled one) and a note
     for the user when the avatar gets no ARKit keys."""
     try:

@@ -6,7 +6,7 @@
 
 ``create_avatar`` (pipeline.py) is their composition for one photo; ``lam-head batch`` (batch.py)
 and its Ray Data form (ray_batch.py) run them over many photos with one network load. Every stage
-reports through the pipeline's ``_Stages`` (timings, progress, cancellation), so a photo gets the
+reports through the pipeline's ``Stages`` (timings, progress, cancellation), so a photo gets the
 same stage names, messages and result whichever way it is scheduled.
 """
 
@@ -28,13 +28,13 @@ from ..core.file_hash import sha256_file
 from .pipeline import (
     LICENCES,
     ResolvedAssets,
-    _arkit_basis,
+    Stages,
     _load_flame,
     _save_debug,
     _save_fit,
-    _Stages,
     _write_ply,
     _write_preview,
+    arkit_basis_for,
 )
 
 Warn = Callable[[str], None]
@@ -114,7 +114,7 @@ class Network:
 def prepare_photo(
     run: RunSettings,
     image: Path,
-    stages: _Stages,
+    stages: Stages,
     warn: Warn,
     *,
     debug_dir: str | os.PathLike | None = None,
@@ -153,7 +153,7 @@ def prepare_photo(
         _save_fit(Path(debug_dir), fitted)
 
     stages.enter("rig")
-    basis, basis_note = _arkit_basis(flame_mod, flame_model)
+    basis, basis_note = arkit_basis_for(flame_mod, flame_model)
     if basis_note:
         warn(basis_note)
     rig = flame_mod.build_rig(flame_model, fitted.betas, levels=run.levels, arkit=basis)

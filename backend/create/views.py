@@ -32,13 +32,13 @@ import numpy as np
 from ..core.errors import BadInputError, CancelledError, CancelToken, LamHeadError
 from ..core.file_hash import sha256_file
 from .pipeline import (
-    _SUBSTAGES,
+    SUBSTAGES,
     CreateResult,
+    LamWebExport,
     Progress,
+    Stages,
     WarningLog,
-    _arkit_basis,
-    _LamWebExport,
-    _Stages,
+    arkit_basis_for,
     checked_output,
     resolve_assets,
 )
@@ -202,9 +202,9 @@ def create_from_views(
     warnings = warn.messages
 
     res = resolve_assets(weights, flame)
-    web = _LamWebExport.prepare(lam_zip)
+    web = LamWebExport.prepare(lam_zip)
     run = RunSettings(res, precision, device, None if web is None else web.template, keep_flame=True)
-    stages = _Stages(progress, cancel)
+    stages = Stages(progress, cancel)
     created: list[Path] = []
     try:
         photos = _prepare_all(paths, stages, warn)
@@ -230,7 +230,7 @@ def create_from_views(
             on_note(note)
 
         stages.enter("rig")
-        basis, basis_note = _arkit_basis(flame_mod, flame_model)
+        basis, basis_note = arkit_basis_for(flame_mod, flame_model)
         if basis_note:
             warn(basis_note)
         rig = flame_mod.build_rig(flame_model, joint.betas, levels=run.levels, arkit=basis)
@@ -286,14 +286,14 @@ def create_from_views(
                        refinement=refinement)
 
 
-def _network_progress(stages: _Stages, stage: str, fraction: float, message: str = "") -> None:
+def _network_progress(stages: Stages, stage: str, fraction: float, message: str = "") -> None:
     """The network's sub-stages (encoder, transformer, heads) as fractions of our ``network`` stage."""
     stages.cancel.check()
-    _, lo, hi = _SUBSTAGES.get(stage, ("network", 0.0, 1.0))
+    _, lo, hi = SUBSTAGES.get(stage, ("network", 0.0, 1.0))
     stages.report("network", lo + (hi - lo) * min(1.0, max(0.0, float(fraction))), message)
 
 
-def _prepare_all(paths: list[Path], stages: _Stages, warn: Callable[[str], None]) -> list[_Photo]:
+def _prepare_all(paths: list[Path], stages: Stages, warn: Callable[[str], None]) -> list[_Photo]:
     """Decode, detect and matte every photo (stage ``prepare``); the first bad one is refused by name."""
     from .. import preprocess
 
