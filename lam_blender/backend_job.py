@@ -5,8 +5,9 @@
   extension's user directory, then a developer checkout's ``.venv``.
 * :class:`BackendManager` keeps one backend subprocess per Blender session and
   restarts it when it died or the interpreter changed.
-* :class:`CreateJob` is one photo -> avatar request, advanced by :meth:`step`
-  (a modal operator's timer calls it; tests call it in a loop).
+* :class:`CreateJob` is one photo (or several photos) -> avatar request,
+  advanced by :meth:`step` (a modal operator's timer calls it; tests call it in
+  a loop).
 """
 
 from __future__ import annotations
@@ -97,14 +98,19 @@ class BackendManager:
 
 @dataclass
 class CreateJob:
-    """A photo -> avatar request running in the backend. States: RUNNING, DONE, FAILED, CANCELLED."""
+    """A photo -> avatar request running in the backend. States: RUNNING, DONE, FAILED, CANCELLED.
+
+    With ``views`` (2-4 photos of one person) it is a ``create_views`` request and ``image`` is the
+    photo the result is named after (the first); otherwise a ``create`` request for ``image``.
+    """
 
     manager: BackendManager
     python: str
     image: str
     output: str
-    params: dict = field(default_factory=dict)  # device, precision, weights, flame
+    params: dict = field(default_factory=dict)  # device, precision, weights, flame (+ refine_* for views)
     on_progress: Callable[[CreateJob], None] | None = None
+    views: list[str] | None = None
 
     state: str = RUNNING
     stage: str = "starting"
@@ -120,7 +126,11 @@ class CreateJob:
     def start(self) -> CreateJob:
         try:
             client = self.manager.ensure(self.python)
-            self._rid = client.send("create", {"image": str(self.image), "output": str(self.output), **self.params})
+            if self.views:
+                request = {"images": [str(v) for v in self.views], "output": str(self.output), **self.params}
+                self._rid = client.send("create_views", request)
+            else:
+                self._rid = client.send("create", {"image": str(self.image), "output": str(self.output), **self.params})
         except BackendError as exc:
             self._fail(exc)
         return self

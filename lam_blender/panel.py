@@ -39,6 +39,9 @@ class VIEW3D_PT_lam_head(bpy.types.Panel):
         else:
             op = box.operator("lam_head.create_from_image", text="Create", icon="PLAY")
             op.filepath = settings.image
+            row = box.row(align=True)
+            row.operator("lam_head.create_from_photos", text="Create from Photos...", icon="IMAGE_REFERENCE")
+            row.prop(settings, "refine_iterations", text="Refine")
             if job is not None and job.state == backend_job.FAILED:
                 box.label(text=job.error[:200], icon="ERROR")
         layout.operator("lam_head.import_avatar", text="Import Avatar File", icon="IMPORT")

@@ -147,6 +147,30 @@ def test_bad_params_are_refused_with_the_reason(pipe, params, needle):
     assert pipe.answer(8)["error"]["code"] == "bad_params"
 
 
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"output": "a.npz"}, "missing parameter 'images'"),
+        ({"images": "a.jpg b.jpg", "output": "a.npz"}, "'images' must be list"),
+        ({"images": ["a.jpg", ""], "output": "a.npz"}, "list of photo paths"),
+        ({"images": ["a.jpg", 3], "output": "a.npz"}, "list of photo paths"),
+        ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_iterations": -1}, "0 or more"),
+        ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_iterations": True}, "must be int"),
+        ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_seconds": 0}, "positive number"),
+        ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "precision": "fp64"}, "precision must be one of"),
+        ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "image": "a.jpg"}, "unknown parameter(s) image"),
+    ],
+)
+def test_bad_views_params_are_refused_with_the_reason(params, needle):
+    p = Pipe({"create_views": quick_job})
+    try:
+        p.send(7, "create_views", params)
+        err = p.answer(7)["error"]
+        assert err["code"] == "bad_params" and needle in err["message"]
+    finally:
+        p.close()
+
+
 def test_job_events_then_result(pipe):
     pipe.send(5, "create", {"image": "x.jpg", "output": "y.npz"})
     prog = pipe.wait_for(lambda m: m.get("event") == "progress")
@@ -340,6 +364,42 @@ def test_serve_bad_input_corpus(backend_kit):
     for name, want in CORPUS_EXPECTED.items():
         assert outcomes[name] == want, (name, outcomes[name])
     assert outcomes.get("drawing.png") in ("ok", "no_face", "bad_input")  # line art: a clear answer either way
+
+
+def test_serve_creates_one_avatar_from_two_photos(backend_kit):
+    """create_views: the joint path through the real server (2 refinement iterations, small)."""
+    from backend.core.formats.avatar_file import load_avatar
+
+    corpus, events = backend_kit["corpus"], []
+    params = {"images": [str(corpus["upright.jpg"]), str(corpus["exif_rotated.jpg"])],
+              "output": str(backend_kit["root"] / "out" / "views.npz"), "weights": backend_kit["weights"],
+              "flame": backend_kit["flame"], "refine_iterations": 2, "seed": 1}
+    res = backend_kit["client"].call("create_views", params, on_event=events.append, timeout=300)
+    avatar = load_avatar(res["avatar"])
+    assert [p["name"] for p in avatar.meta["views"]["photos"]] == ["upright.jpg", "exif_rotated.jpg"]
+    assert res["network_photo"] == avatar.meta["views"]["network_photo"] and res["network_reason"]
+    assert res["refinement"]["iterations"] == 2 == avatar.meta["refinement"]["iterations"]
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert sum(1 for e in events if e["event"] == "progress" and e["stage"] == "refine" and "loss" in e["message"]) >= 1
+
+
+def test_serve_views_bad_photo_is_named_and_lam_zip_needs_the_template(backend_kit):
+    from backend.core.client import BackendError
+
+    corpus, client, out = backend_kit["corpus"], backend_kit["client"], backend_kit["root"] / "out"
+    params = {"images": [str(corpus["upright.jpg"]), str(corpus["no_face.jpg"])], "output": str(out / "bad.npz"),
+              "weights": backend_kit["weights"], "flame": backend_kit["flame"], "refine_iterations": 1}
+    with pytest.raises(BackendError) as exc:
+        client.call("create_views", params, timeout=300)
+    assert exc.value.code == "no_face" and "no_face.jpg" in str(exc.value)
+    assert not Path(params["output"]).exists()
+    # --lam-zip through the server: refused before any work when no LAM template is registered
+    single = {**_create(backend_kit, "upright.jpg"), "output": str(out / "web.npz"), "lam_zip": str(out / "web.zip")}
+    with pytest.raises(BackendError) as exc:
+        client.call("create", single, timeout=300)
+    assert "needs a template" in str(exc.value) and not Path(single["output"]).exists()
+    assert not (out / "web.zip").exists()
 
 
 def test_serve_cancel_leaves_no_output(backend_kit):

@@ -2,7 +2,7 @@
 
 One request per stdin line, answers and events one per stdout line, logs on
 stderr. A reader thread reads stdin and answers the quick methods (``hello``,
-``cancel``, ``shutdown``) at once; jobs (``create``, ``doctor``, ``setup``) run one at a
+``cancel``, ``shutdown``) at once; jobs (``create``, ``create_views``, ``doctor``, ``setup``) run one at a
 time on a worker thread, so ``cancel`` reaches a running job. The server never
 dies on bad input: every problem becomes an ``error`` answer and the next
 request is served.
@@ -61,7 +61,23 @@ _PARAM_SPECS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "flame": ((str, type(None)), False),
         "ply": ((str, type(None)), False),
         "preview": ((str, type(None)), False),
+        "lam_zip": ((str, type(None)), False),
         "debug_dir": ((str, type(None)), False),
+    },
+    # several photos of one person -> one avatar (issue 15); "image" names the photos as a list
+    "create_views": {
+        "images": ((list,), True),
+        "output": ((str,), True),
+        "device": ((str,), False),
+        "precision": ((str,), False),
+        "weights": ((str, type(None)), False),
+        "flame": ((str, type(None)), False),
+        "ply": ((str, type(None)), False),
+        "preview": ((str, type(None)), False),
+        "lam_zip": ((str, type(None)), False),
+        "refine_iterations": ((int,), False),
+        "refine_seconds": ((int, float, type(None)), False),
+        "seed": ((int,), False),
     },
     "setup": {
         "accept_licences": ((bool,), False),
@@ -99,9 +115,22 @@ def check_params(method: str, params: Any) -> dict:
             raise RequestError(f"{method}: parameter '{name}' must be {want}, got {json.dumps(value)[:60]}", code="bad_params")
         if isinstance(value, str) and name in ("image", "output") and not value.strip():
             raise RequestError(f"{method}: parameter '{name}' is empty", code="bad_params")
-    if method == "create" and params.get("precision", "fp32") not in _PRECISIONS:
-        raise RequestError(f"create: precision must be one of {', '.join(_PRECISIONS)}, got {params['precision']!r}", code="bad_params")
+    if method in ("create", "create_views") and params.get("precision", "fp32") not in _PRECISIONS:
+        raise RequestError(f"{method}: precision must be one of {', '.join(_PRECISIONS)}, got {params['precision']!r}", code="bad_params")
+    if method == "create_views":
+        _check_views_params(params)
     return params
+
+
+def _check_views_params(params: dict) -> None:
+    images = params["images"]
+    if not all(isinstance(i, str) and i.strip() for i in images):
+        raise RequestError("create_views: 'images' must be a list of photo paths (non-empty strings)", code="bad_params")
+    if params.get("refine_iterations", 0) < 0:
+        raise RequestError("create_views: 'refine_iterations' must be 0 or more", code="bad_params")
+    seconds = params.get("refine_seconds")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise RequestError("create_views: 'refine_seconds' must be a positive number of seconds or null", code="bad_params")
 
 
 # -- the real handlers -------------------------------------------------------
@@ -137,16 +166,44 @@ def run_create(params: dict, ctx: JobContext) -> dict:
         params["image"], params["output"],
         weights=params.get("weights"), flame=params.get("flame"),
         device=params.get("device", "auto"), precision=params.get("precision", "fp32"),
-        ply=params.get("ply"), preview=params.get("preview"), debug_dir=params.get("debug_dir"),
+        ply=params.get("ply"), preview=params.get("preview"), lam_zip=params.get("lam_zip"),
+        debug_dir=params.get("debug_dir"),
         progress=lambda stage, frac, msg="": ctx.progress(stage, overall_fraction(stage, frac), msg),
         on_warning=ctx.warn, cancel=ctx.cancel,
     )
+    return _create_answer(result)
+
+
+def run_create_views(params: dict, ctx: JobContext) -> dict:
+    """2-4 photos -> one avatar (joint fit, network on the most frontal photo, refinement on all)."""
+    from ..create.views import DEFAULT_REFINE_ITERATIONS, create_from_views, views_overall_fraction
+
+    result = create_from_views(
+        params["images"], params["output"],
+        weights=params.get("weights"), flame=params.get("flame"),
+        device=params.get("device", "auto"), precision=params.get("precision", "fp32"),
+        ply=params.get("ply"), preview=params.get("preview"), lam_zip=params.get("lam_zip"),
+        refine_iterations=params.get("refine_iterations", DEFAULT_REFINE_ITERATIONS),
+        refine_seconds=params.get("refine_seconds"), seed=params.get("seed", 0),
+        progress=lambda stage, frac, msg="": ctx.progress(stage, views_overall_fraction(stage, frac), msg),
+        on_warning=ctx.warn, cancel=ctx.cancel,
+    )
+    return {
+        **_create_answer(result),
+        "network_photo": result.network_photo,
+        "network_reason": result.network_reason,
+        "refinement": result.refinement,
+    }
+
+
+def _create_answer(result: Any) -> dict:
     return {
         "avatar": str(result.path),
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "warnings": list(result.warnings),
         **({"ply": str(result.ply)} if result.ply else {}),
         **({"preview": str(result.preview)} if result.preview else {}),
+        **({"lam_zip": str(result.lam_zip)} if getattr(result, "lam_zip", None) else {}),
     }
 
 
@@ -160,7 +217,9 @@ def run_setup(params: dict, ctx: JobContext) -> dict:
     return {"lines": lines, "assets": status, "ready": all(a["present"] for a in status if a["required"])}
 
 
-DEFAULT_JOBS: dict[str, JobHandler] = {"create": run_create, "doctor": run_doctor, "setup": run_setup}
+DEFAULT_JOBS: dict[str, JobHandler] = {
+    "create": run_create, "create_views": run_create_views, "doctor": run_doctor, "setup": run_setup,
+}
 
 
 # -- the server ---------------------------------------------------------------
