@@ -7,9 +7,11 @@ stand-in with gsplat's documented ``rasterization`` signature computed by our di
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from test_diff_render import _scene, _t
@@ -87,3 +89,62 @@ def test_gsplat_gradients_agree_with_the_exact_cpu_gradients(background):
         assert 0.9 < float(a.norm() / b.norm()) < 1.1, name
     seen_cpu, seen_gpu = cpu.weight > 0.05, gpu.weight.cpu() > 0.05
     assert float((seen_cpu == seen_gpu).float().mean()) > 0.98
+
+
+# ------------------------------------------------------------------ the refinement on the gsplat path
+def _refine_kit():
+    from factories.avatar import make_avatar
+
+    from backend.core.rig import FlamePose
+    from backend.create.refine import View
+    from backend.render import render_avatar
+
+    truth = make_avatar(n_points=300, n_expr=4, seed=5)
+    start = dataclasses.replace(truth, rgb=np.clip(truth.rgb * 0.6 + 0.2, 0, 1).astype(np.float32))
+    views = []
+    for k, az in enumerate((-20.0, 15.0)):
+        pose = FlamePose.zeros(1, 4)
+        cam = default_head_camera(truth.xyz, 32, azimuth_deg=az)
+        img = render_avatar(truth, pose, cam, background=(1, 1, 1))
+        views.append(View(img.rgb, img.alpha, pose, cam, name=f"v{k}"))
+    return start, views
+
+
+def test_refinement_on_the_gsplat_path_equals_the_cpu_path_through_the_stand_in(monkeypatch):
+    """Same seed, same views: the gsplat branch (stand-in on the CPU) gives the CPU branch's avatar."""
+    import backend.render.gsplat_rasterizer as gr
+    from backend.create.refine import RefineSettings, refine_avatar
+
+    start, views = _refine_kit()
+    monkeypatch.setitem(sys.modules, "gsplat", stand_in_gsplat())
+    monkeypatch.setattr(gr, "gsplat_status", lambda: (True, "stand-in"))
+    cpu = refine_avatar(start, views, RefineSettings(iterations=4, renderer="cpu"))
+    gpu = refine_avatar(start, views, RefineSettings(iterations=4, renderer="gsplat", device="cpu"))
+    assert gpu.stats["renderer"].startswith("gsplat") and cpu.stats["renderer"] == "cpu"
+    assert gpu.stats["loss_after"] < gpu.stats["loss_before"]
+    for name in ("xyz", "rgb", "opacity", "scale", "rotation"):
+        np.testing.assert_allclose(getattr(gpu.avatar, name), getattr(cpu.avatar, name), atol=1e-5, err_msg=name)
+    assert refine_avatar(start, views, RefineSettings(iterations=0, renderer="auto", device="cpu")).stats["renderer"] != "cpu"
+
+
+@pytest.mark.skipif(_OK, reason="gsplat usable here")
+def test_asking_for_gsplat_where_it_cannot_run_says_why():
+    from backend.core.errors import BadInputError
+    from backend.create.refine import RefineSettings, refine_avatar
+
+    start, views = _refine_kit()
+    with pytest.raises(BadInputError, match="gsplat refinement renderer is not usable here"):
+        refine_avatar(start, views, RefineSettings(iterations=1, renderer="gsplat"))
+    assert refine_avatar(start, views, RefineSettings(iterations=0, renderer="auto")).stats["renderer"] == "cpu"
+
+
+@pytest.mark.cuda
+@needs_gsplat
+def test_refinement_on_cuda_lowers_the_loss_like_the_cpu():
+    from backend.create.refine import RefineSettings, refine_avatar
+
+    start, views = _refine_kit()
+    cpu = refine_avatar(start, views, RefineSettings(iterations=20, renderer="cpu")).stats
+    gpu = refine_avatar(start, views, RefineSettings(iterations=20, renderer="gsplat")).stats
+    assert gpu["loss_after"] < 0.7 * gpu["loss_before"]
+    assert gpu["loss_after"] < 1.5 * cpu["loss_after"]

@@ -22,11 +22,16 @@ its log, rotation as an unnormalised quaternion, offset in metres. Deterministic
 seed: every step uses every view in a fixed order and the renderer's backward sums per-chunk
 buffers in a fixed order. Stops at ``iterations`` or ``time_budget_s`` (checked between steps),
 raises :class:`CancelledError` through ``cancel``.
+
+Renderer: ``settings.renderer`` "cpu" (the numba renderer above) or "gsplat" (its CUDA backward through
+:mod:`backend.render.gsplat_diff`; every tensor lives on ``settings.device``, "cuda" by default); "auto"
+takes gsplat when it is usable (:func:`gsplat_rasterizer.gsplat_status`), else the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +84,8 @@ class RefineSettings:
     unseen_weight: float = 1.0
     seen_threshold: float = 0.5  # summed weight alpha*T over all views, in pixels
     tile: int = 16
+    renderer: str = "cpu"  # "cpu", "gsplat" or "auto" (gsplat when usable)
+    device: str | None = None  # torch device of the gsplat path (None: "cuda"); the CPU renderer runs on the CPU
     render_threads: int | None = None  # numba threads for the renderer (None: numba's default)
     # torch threads while refining: the torch side works on per-Gaussian vectors and small images, and
     # its pool spinning against numba's cost 7x on 2 cores (64 px, 2500 Gaussians: 2.35 -> 0.33 s/iter)
@@ -160,6 +167,7 @@ def refine_avatar(
     gains ``refinement``: iterations, loss before/after, views, seconds, stop reason) and stats."""
     s = settings or RefineSettings()
     _check_views(avatar, views)
+    s = dataclasses.replace(s, renderer=choose_renderer(s.renderer))
     import numba
 
     threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
@@ -173,14 +181,38 @@ def refine_avatar(
         torch.set_num_threads(torch_threads)
 
 
+RENDERERS = ("cpu", "gsplat", "auto")
+
+
+def choose_renderer(renderer: str) -> str:
+    """"cpu" or "gsplat" for a setting; asking for gsplat where it cannot run is an error naming why."""
+    from ..render.gsplat_rasterizer import gsplat_status
+
+    if renderer not in RENDERERS:
+        raise BadInputError(f"refinement renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
+    if renderer == "cpu":
+        return "cpu"
+    ok, why = gsplat_status()
+    if renderer == "gsplat" and not ok:
+        raise BadInputError(f"the gsplat refinement renderer is not usable here: {why}; use the CPU renderer")
+    return "gsplat" if ok else "cpu"
+
+
 def _refine(avatar: Avatar, views: Sequence[View], s: RefineSettings, progress: Progress | None,
             cancel: CancelToken | None) -> RefineResult:
     torch.manual_seed(s.seed)
     t_start = time.perf_counter()
     dt = torch.float32
-    f = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    dev = torch.device(s.device or "cuda") if s.renderer == "gsplat" else torch.device("cpu")
+    f = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=dev)  # noqa: E731
+    if s.renderer == "gsplat":
+        from ..render import gsplat_diff
 
-    rig = TorchRig.from_avatar(avatar)
+        draw = gsplat_diff.render
+    else:
+        draw = functools.partial(diff_render.render, tile=s.tile)
+
+    rig = TorchRig.from_avatar(avatar, device=dev)
     template = f(avatar.template)
     init = {
         "rgb": f(avatar.rgb).clone(),
@@ -198,13 +230,13 @@ def _refine(avatar: Avatar, views: Sequence[View], s: RefineSettings, progress: 
     poses, rot_q, photos, mattes = [], [], [], []
     with torch.no_grad():
         for v in views:
-            pose = TorchPose.from_numpy(v.pose.checked(avatar.n_expr))
+            pose = TorchPose.from_numpy(v.pose.checked(avatar.n_expr), device=dev)
             poses.append(pose)
             deformed = evaluate(rig, pose, with_rotations=True)
             rot_q.append(matrix_to_quaternion(deformed.point_rotations[0]))
             photos.append(f(v.photo))
             mattes.append(f(v.matte)[..., None])
-    window = _gauss_window(dtype=dt)
+    window = _gauss_window(dtype=dt).to(dev)
 
     def posed(k: int):
         xyz = template + params["offset"]
@@ -214,14 +246,14 @@ def _refine(avatar: Avatar, views: Sequence[View], s: RefineSettings, progress: 
         return pos, quat, torch.exp(params["scale"]), torch.sigmoid(params["opacity"]), params["rgb"].clamp(0, 1)
 
     def photo_loss(k: int, with_weight: bool = False):
-        out = diff_render.render(*posed(k), views[k].camera, WHITE, tile=s.tile, with_weight=with_weight)
+        out = draw(*posed(k), views[k].camera, WHITE, with_weight=with_weight)
         m = mattes[k]
         l1 = (m * (out.rgb - photos[k]).abs()).sum() / (3 * m.sum().clamp_min(1e-8))
         d_ssim = (1 - ssim(out.rgb * m, photos[k] * m, window)) / 2
         return (1 - s.ssim_weight) * l1 + s.ssim_weight * d_ssim, out
 
     # which Gaussians any view sees (at the start): the prior holds the others
-    seen_w = torch.zeros(avatar.n_points)
+    seen_w = torch.zeros(avatar.n_points, device=dev)
     loss0 = 0.0
     with torch.no_grad():
         for k in range(len(views)):
@@ -265,11 +297,11 @@ def _refine(avatar: Avatar, views: Sequence[View], s: RefineSettings, progress: 
         q = params["rotation"] / params["rotation"].norm(dim=1, keepdim=True)
         q = torch.where(q[:, :1] < 0, -q, q)
         out = {
-            "xyz": (template + offset).numpy(),
-            "rgb": params["rgb"].clamp(0, 1).numpy(),
-            "opacity": torch.sigmoid(params["opacity"]).numpy(),
-            "scale": torch.exp(params["scale"]).numpy(),
-            "rotation": q.numpy(),
+            "xyz": (template + offset).cpu().numpy(),
+            "rgb": params["rgb"].clamp(0, 1).cpu().numpy(),
+            "opacity": torch.sigmoid(params["opacity"]).cpu().numpy(),
+            "scale": torch.exp(params["scale"]).cpu().numpy(),
+            "rotation": q.cpu().numpy(),
         }
     seconds = time.perf_counter() - t_start
     stats = {
@@ -279,6 +311,7 @@ def _refine(avatar: Avatar, views: Sequence[View], s: RefineSettings, progress: 
         "stopped": stop,
         "seconds": round(seconds, 3),
         "seed": s.seed,
+        "renderer": s.renderer if s.renderer == "cpu" else f"gsplat ({dev})",
         "views": [v.name or f"view {k + 1}" for k, v in enumerate(views)],
         "seen_fraction": float(seen.float().mean()),
         "loss": "0.8 L1 + 0.2 D-SSIM inside the matte" if s.ssim_weight == 0.2 else f"L1 + {s.ssim_weight} D-SSIM",
