@@ -57,14 +57,15 @@ def _worker(weights: str, mode: str, n_points: int, out_npy: str) -> None:
         if name in ("encoder_tokens", "transformer_out"):
             marks[name] = time.perf_counter()
 
-    attention, calibration_s = "sdpa (fp32)", 0.0
-    if mode in ("fast", "bf16"):  # the per-machine kernel choice: measured once (cached), kept out of the forward
-        from backend.network import attention_choice
+    attention, linears, calibration_s = "sdpa (fp32)", "fp32", 0.0
+    if mode in ("fast", "bf16"):  # the per-machine choices: measured once (cached), kept out of the forward
+        from backend.network import attention_choice, linear_choice
 
         tc = time.perf_counter()
         attention_choice.ensure_choice(n_points)
+        linear_choice.ensure_choice(n_points)
         calibration_s = time.perf_counter() - tc
-        attention = attention_choice.current_kernel()
+        attention, linears = attention_choice.current_kernel(), linear_choice.current()
     t1 = time.perf_counter()
     pred = predict(model, image, points, precision=mode, capture=capture)
     t2 = time.perf_counter()
@@ -81,6 +82,7 @@ def _worker(weights: str, mode: str, n_points: int, out_npy: str) -> None:
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "n_parameters": report.n_parameters,
         "attention": attention,
+        "linears": linears,
         "calibration_s": calibration_s,
     }), flush=True)
 
@@ -131,7 +133,7 @@ def main() -> int:
             print(f"{mode:>5}: forward {r['forward_s']:.1f} s (encoder {r['encoder_s']:.1f}, transformer "
                   f"{r['transformer_s']:.1f}, heads {r['heads_s']:.2f}); load {r['load_s']:.1f} s; peak RSS "
                   f"{r['peak_rss_gb']:.2f} GB (after load {r['rss_after_load_gb']:.2f}); {r['threads']} threads; "
-                  f"{args.points} points; attention {r['attention']}"
+                  f"{args.points} points; attention {r['attention']}, linears {r['linears']}"
                   + (f" (calibrated first: {r['calibration_s']:.1f} s)" if r["calibration_s"] > 0.5 else ""), flush=True)
         if "fp32" in results:
             ref = results["fp32"][1]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import backend.network.attention as attn_mod
 from backend.core.errors import BadInputError
 from backend.network import attention_choice as ac
+from backend.setup import machine_choice as mc
 
 SMALL = (2, 300, 700, 16)  # heads, queries, keys, head dim: a calibration shape that runs in milliseconds
 
@@ -23,10 +24,10 @@ def clean_state(tmp_path, monkeypatch):
     monkeypatch.setenv("LAM_HEAD_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(ac.ENV_VAR, raising=False)
     monkeypatch.setattr(ac, "CALIBRATION_SHAPE", SMALL)
-    ac._memo.clear()
+    ac.CHOICE.memo.clear()
     ac.set_override(None)
     yield
-    ac._memo.clear()
+    ac.CHOICE.memo.clear()
     ac.set_override(None)
 
 
@@ -137,7 +138,7 @@ def test_choice_is_cached_and_reused(tmp_path):
     assert list(stored) == [ac.key_string(ac.machine_key())]
     n_calls = len(timer.calls)
     assert ac.ensure_choice(20018, timer=timer) == record  # same process
-    ac._memo.clear()  # a new process: read from the file
+    ac.CHOICE.memo.clear()  # a new process: read from the file
     assert ac.ensure_choice(20018, timer=timer)["kernel"] == "sdpa_bf16"
     assert ac.current_kernel() == "sdpa_bf16"
     assert len(timer.calls) == n_calls  # never measured again
@@ -154,15 +155,15 @@ def test_a_changed_machine_recalibrates(monkeypatch, tmp_path):
     first = FakeTimer({"sdpa_bf16": 1.0, "sdpa_bf16_q1024": 1.1, "sdpa_fp32": 3.0, "gemm_bf16": 2.0})
     ac.ensure_choice(20018, timer=first)
     # another CPU (a Xeon with AMX), same cache folder: measured anew, both records kept
-    real_identity = ac.cpu_identity
-    monkeypatch.setattr(ac, "cpu_identity", lambda: ("Intel Xeon", ("avx512f", "avx512_bf16", "amx_bf16")))
+    real_identity = mc.cpu_identity
+    monkeypatch.setattr(mc, "cpu_identity", lambda: ("Intel Xeon", ("avx512f", "avx512_bf16", "amx_bf16")))
     second = FakeTimer({"sdpa_bf16": 3.0, "sdpa_bf16_q1024": 3.1, "sdpa_fp32": 4.0, "gemm_bf16": 1.0})
     assert ac.current_kernel() == ac.DEFAULT_KERNEL  # nothing for this machine yet
     assert ac.ensure_choice(20018, timer=second)["kernel"] == "gemm_bf16"
     assert len(second.calls) == len(ac.KERNEL_NAMES) * ac.REPEATS
     machines = json.loads((tmp_path / "home" / ac.CACHE_NAME).read_text())["machines"]
     assert len(machines) == 2 and {r["kernel"] for r in machines.values()} == {"sdpa_bf16", "gemm_bf16"}
-    monkeypatch.setattr(ac, "cpu_identity", real_identity)  # back on the first machine
+    monkeypatch.setattr(mc, "cpu_identity", real_identity)  # back on the first machine
     assert ac.current_kernel() == "sdpa_bf16"
     # another thread count is another key too
     threads = torch.get_num_threads()
@@ -186,7 +187,7 @@ def test_a_stale_or_corrupt_cache_is_measured_again(tmp_path):
     for r in data["machines"].values():
         r["kernel"] = "retired_kernel"
     path.write_text(json.dumps(data))
-    ac._memo.clear()
+    ac.CHOICE.memo.clear()
     assert ac.current_kernel() == ac.DEFAULT_KERNEL
 
 

@@ -58,6 +58,7 @@ def test_two_views_make_one_ordinary_avatar_whose_meta_records_the_run(kit, tmp_
     # no landmark embedding installed: no fit ran, so the first photo feeds the network and the reason says so
     assert v["network_photo"] == "front.jpg" == meta["source_image"] == res.network_photo
     assert "no landmark fit ran" in v["network_reason"]
+    assert all(p["fit"] is None for p in v["photos"])  # no fit to record (tests/test_views_heldout.py: with one)
     r = meta["refinement"]
     assert r["iterations"] == ITER and r["views"] == ["front.jpg", "flipped.jpg"] and r["seed"] == 4
     assert r["size_px"] == SIZE and np.isfinite(r["loss_before"]) and np.isfinite(r["loss_after"])
@@ -148,3 +149,4 @@ def test_network_photo_choice_and_fit_camera():
     want = project(torch.as_tensor(pts), torch.tensor(700.0), 504).numpy() * (252 / 504)
     uv, _ = fit_camera(700.0, 504, 252).project(pts)
     np.testing.assert_allclose(uv, want, atol=1e-9)
+

@@ -157,6 +157,7 @@ def test_bad_params_are_refused_with_the_reason(pipe, params, needle):
         ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_iterations": -1}, "0 or more"),
         ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_iterations": True}, "must be int"),
         ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_seconds": 0}, "positive number"),
+        ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "refine_size": 8}, "16 to 1024 pixels"),
         ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "precision": "fp64"}, "precision must be one of"),
         ({"images": ["a.jpg", "b.jpg"], "output": "a.npz", "image": "a.jpg"}, "unknown parameter(s) image"),
     ],

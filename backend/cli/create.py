@@ -70,12 +70,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --views: refinement iterations (default 100: about a minute on 2 CPU cores for 4 photos)")
     parser.add_argument("--refine-seconds", type=float, metavar="S", default=None,
                         help="with --views: stop refining after S seconds (checked between iterations)")
+    parser.add_argument("--refine-size", type=int, metavar="PX", default=None,
+                        help="with --views: the photos' size in the refinement, 16 to 1024 pixels (default 252: half the "
+                             "network input; smaller is faster and blurrier)")
     parser.add_argument("--seed", type=int, default=0, help="with --views: the refinement's seed (default 0)")
     from ..network.attention_choice import KERNEL_NAMES
 
     parser.add_argument("--attention", metavar="KERNEL", choices=("auto", *KERNEL_NAMES), default=None,
                         help="attention kernel for bf16 on CPU (--precision fast): auto (default: the one measured "
                              f"fastest on this machine, see lam-head doctor; env LAM_HEAD_ATTENTION) or {', '.join(KERNEL_NAMES)}")
+    from ..network.linear_choice import OPTION_NAMES
+
+    parser.add_argument("--linears", metavar="DTYPE", choices=("auto", *OPTION_NAMES), default=None,
+                        help="linear layers' GEMMs for bf16 on CPU (--precision fast): auto (default: the faster on this "
+                             f"machine, see lam-head doctor; env LAM_HEAD_LINEARS) or {', '.join(OPTION_NAMES)}")
+    parser.add_argument("--refine-threads", metavar="R,T", type=_thread_split, default=None,
+                        help="with --views: R numba threads for the renderer and T torch threads while refining; auto "
+                             "(default: the split measured fastest on this machine, see lam-head doctor; "
+                             "env LAM_HEAD_REFINE_THREADS)")
+
+
+def _thread_split(value: str) -> str:
+    """argparse type of --refine-threads: ``auto`` or a valid ``R,T`` (a clear usage error otherwise)."""
+    from ..core.errors import BadInputError
+    from ..create.thread_choice import CHOICE
+
+    try:
+        return CHOICE.check_name(value) or "auto"
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def set_cpu_overrides(args: argparse.Namespace) -> None:
+    """This run's per-machine CPU choices from the command line (None or auto: the measured ones, see doctor)."""
+    from ..create import thread_choice
+    from ..network import attention_choice, linear_choice
+
+    attention_choice.set_override(getattr(args, "attention", None))
+    linear_choice.set_override(getattr(args, "linears", None))
+    thread_choice.set_override(getattr(args, "refine_threads", None))
 
 
 def _photo(args: argparse.Namespace) -> str:
@@ -92,6 +125,7 @@ def _photo(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_cpu_overrides(args)
     if getattr(args, "views", None):
         from .create_views import run_views
 
@@ -99,9 +133,6 @@ def run(args: argparse.Namespace) -> int:
     from ..create.pipeline import STAGES, create_avatar, overall_fraction
 
     photo = _photo(args)
-    from ..network.attention_choice import set_override
-
-    set_override(args.attention)  # None or auto: the kernel measured fastest here
     bar = None if args.quiet else ProgressBar()
     progress = None if bar is None else (lambda stage, f, msg="": bar(stage, overall_fraction(stage, f), msg))
     try:

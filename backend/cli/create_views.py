@@ -8,22 +8,27 @@ import sys
 
 def run_views(args: argparse.Namespace, progress_bar: type) -> int:
     from ..core.errors import BadInputError
-    from ..create.views import DEFAULT_REFINE_ITERATIONS, VIEW_STAGES, create_from_views, views_overall_fraction
-    from ..network.attention_choice import set_override
+    from ..create.views import (
+        DEFAULT_REFINE_ITERATIONS,
+        DEFAULT_REFINE_SIZE,
+        VIEW_STAGES,
+        create_from_views,
+        views_overall_fraction,
+    )
 
     if args.photo or args.sample:
         raise BadInputError("give either a photo (or --sample) or --views PHOTO PHOTO ..., not both")
     if args.debug_dir:
         raise BadInputError("--debug-dir is not supported with --views")
-    set_override(args.attention)
     bar = None if args.quiet else progress_bar()
     progress = None if bar is None else (lambda stage, f, msg="": bar(stage, views_overall_fraction(stage, f), msg))
     iterations = DEFAULT_REFINE_ITERATIONS if args.refine_iterations is None else args.refine_iterations
+    size = DEFAULT_REFINE_SIZE if args.refine_size is None else args.refine_size
     try:
         result = create_from_views(
             args.views, args.output, weights=args.weights, flame=args.flame, device=args.device,
             precision=args.precision, ply=args.ply, preview=args.preview, lam_zip=args.lam_zip,
-            refine_iterations=iterations, refine_seconds=args.refine_seconds, seed=args.seed,
+            refine_iterations=iterations, refine_seconds=args.refine_seconds, refine_size=size, seed=args.seed,
             progress=progress, on_warning=lambda m: print(f"warning: {m}", file=sys.stderr),
         )
     finally:

@@ -14,8 +14,11 @@ HELP = "report which assets and devices are available"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="measure every per-machine CPU choice now (attention kernel, bf16 or fp32 linears, the "
+                             "refinement's thread split; about 10 s on 2 quiet cores) and cache them")
     parser.add_argument("--calibrate-attention", action="store_true",
-                        help="time the CPU fast-mode attention kernels now (a few seconds) and cache the fastest")
+                        help="measure only the CPU fast-mode attention kernels now (a few seconds) and cache the fastest")
 
 
 def collect_report() -> dict[str, Any]:
@@ -49,21 +52,30 @@ def collect_report() -> dict[str, Any]:
         report["mps"] = bool(mps is not None and mps.is_available())
         report["device"] = "cuda" if report["cuda"] else ("mps" if report["mps"] else "cpu")
         report["threads"] = torch.get_num_threads()
-        report["attention"] = _attention_report()
+        report.update(_choice_reports())
     except ImportError as exc:
         report.update(torch=None, cuda=False, mps=False, device=None, torch_error=str(exc))
         report["ready"] = False
     return report
 
 
-def _attention_report() -> dict[str, Any] | None:
-    """The CPU fast-mode attention kernel: cached choice and measured rates (never calibrates here)."""
-    from ..network import attention_choice
+#: report key -> module whose describe()/format_description() show that per-machine CPU choice
+CHOICE_REPORTS = {
+    "attention": "backend.network.attention_choice",
+    "linears": "backend.network.linear_choice",
+    "refine_threads": "backend.create.thread_choice",
+}
 
-    try:
-        return attention_choice.describe()
-    except Exception as exc:  # noqa: BLE001 - a report line must not break the doctor
-        return {"error": f"{type(exc).__name__}: {exc}"}
+
+def _choice_reports() -> dict[str, Any]:
+    """Every per-machine CPU choice: the cached choice and its measured rates (never measures here)."""
+    out: dict[str, Any] = {}
+    for key, module in CHOICE_REPORTS.items():
+        try:
+            out[key] = importlib.import_module(module).describe()
+        except Exception as exc:  # noqa: BLE001 - a report line must not break the doctor
+            out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -71,13 +83,12 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("torch"):
         dev = report["device"] + (f" ({report['cuda_device']})" if report.get("cuda_device") else "")
         lines.append(f"torch {report['torch']}  device: {dev}  threads: {report.get('threads')}")
-        att = report.get("attention")
-        if att and "error" in att:
-            lines.append(f"attention kernel: could not be read ({att['error']})")
-        elif att:
-            from ..network.attention_choice import format_description
-
-            lines.extend(format_description(att))
+        for key, module in CHOICE_REPORTS.items():
+            info = report.get(key)
+            if info and "error" in info:
+                lines.append(f"{key.replace('_', ' ')} choice: could not be read ({info['error']})")
+            elif info:
+                lines.extend(importlib.import_module(module).format_description(info))
     else:
         lines.append(f"torch: NOT INSTALLED ({report.get('torch_error', '')}); install the backend environment")
     missing_pk = [k for k, v in report["packages"].items() if not v]
@@ -106,11 +117,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "calibrate_attention", False):
-        from ..network.attention_choice import ensure_choice
-
-        print("timing the attention kernels on this CPU ...", file=sys.stderr, flush=True)
-        ensure_choice(force=True)
+    calibrate = list(CHOICE_REPORTS) if getattr(args, "calibrate", False) else []
+    if getattr(args, "calibrate_attention", False) and "attention" not in calibrate:
+        calibrate.append("attention")
+    for key in calibrate:
+        print(f"measuring the {key.replace('_', ' ')} choice on this CPU ...", file=sys.stderr, flush=True)
+        importlib.import_module(CHOICE_REPORTS[key]).ensure_choice(force=True)
     report = collect_report()
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0 if report["ready"] else 1

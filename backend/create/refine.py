@@ -86,10 +86,12 @@ class RefineSettings:
     tile: int = 16
     renderer: str = "cpu"  # "cpu", "gsplat" or "auto" (gsplat when usable)
     device: str | None = None  # torch device of the gsplat path (None: "cuda"); the CPU renderer runs on the CPU
-    render_threads: int | None = None  # numba threads for the renderer (None: numba's default)
-    # torch threads while refining: the torch side works on per-Gaussian vectors and small images, and
-    # its pool spinning against numba's cost 7x on 2 cores (64 px, 2500 Gaussians: 2.35 -> 0.33 s/iter)
-    torch_threads: int = 1
+    # numba threads for the renderer and torch threads while refining; None: with the CPU renderer the split
+    # measured fastest on this machine (thread_choice.py); before any measurement, for small problems and with
+    # gsplat numba on every core and torch on one (torch's pool spinning against numba's cost 7x on 2 cores,
+    # 64 px, 2500 Gaussians: 2.35 -> 0.33 s/iter)
+    render_threads: int | None = None
+    torch_threads: int | None = None
 
 
 @dataclass
@@ -170,15 +172,38 @@ def refine_avatar(
     s = dataclasses.replace(s, renderer=choose_renderer(s.renderer))
     import numba
 
+    render, torch_side = thread_split(s, avatar.n_points, progress)
     threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
-    if s.render_threads is not None:
-        numba.set_num_threads(max(1, min(int(s.render_threads), numba.config.NUMBA_NUM_THREADS)))
-    torch.set_num_threads(max(1, int(s.torch_threads)))
+    numba.set_num_threads(render)
+    torch.set_num_threads(torch_side)
     try:
-        return _refine(avatar, views, s, progress, cancel)
+        result = _refine(avatar, views, s, progress, cancel)
     finally:
         numba.set_num_threads(threads)
         torch.set_num_threads(torch_threads)
+    result.stats["threads"] = result.avatar.meta["refinement"]["threads"] = [render, torch_side]
+    return result
+
+
+def thread_split(s: RefineSettings, n_points: int, progress: Progress | None = None) -> tuple[int, int]:
+    """(numba threads, torch threads) for a refinement: the settings' where set; else, with the CPU renderer, this
+    machine's measured split (measured first for a full-size avatar on a new machine: a few seconds); else the
+    default split (numba on every core, torch on one)."""
+    import numba
+
+    from . import thread_choice
+
+    render, torch_side = s.render_threads, s.torch_threads
+    if render is None or torch_side is None:
+        if s.renderer == "cpu":
+            note = None if progress is None else (lambda msg: progress(STAGE, 0.0, msg))
+            thread_choice.ensure_choice(n_points, progress=note)
+            chosen = thread_choice.current_split()
+        else:
+            chosen = thread_choice.split_of(thread_choice.default_split())
+        render = chosen[0] if render is None else render
+        torch_side = chosen[1] if torch_side is None else torch_side
+    return max(1, min(int(render), numba.config.NUMBA_NUM_THREADS)), max(1, int(torch_side))
 
 
 RENDERERS = ("cpu", "gsplat", "auto")

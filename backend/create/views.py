@@ -11,7 +11,8 @@ Order, so that a bad photo costs nothing:
 4. the avatar is refined on all photos (:func:`backend.create.refine.refine_avatar`): each photo inside
    its matte, posed with its fitted expression/pose and seen through its fitted camera;
 5. written as an ordinary avatar file (and the optional PLY / preview / LAM web ZIP) whose ``meta``
-   records the photos, which one fed the network and why, and the refinement.
+   records the photos (with each one's fitted expression, pose and camera), which one fed the network and
+   why, and the refinement.
 
 One photo is not this path: ``lam-head create PHOTO`` (``create_avatar``) is unchanged.
 """
@@ -46,7 +47,7 @@ from .pipeline import (
 log = logging.getLogger("lam_head.views")
 
 MIN_VIEWS, MAX_VIEWS = 2, 4
-DEFAULT_REFINE_ITERATIONS = 100  # CPU: 4 views at 252 px, 20018 Gaussians: ~0.5 s an iteration on 2 cores
+DEFAULT_REFINE_ITERATIONS = 100  # CPU: 4 views at 252 px, 20018 Gaussians: ~0.25 s an iteration on 2 cores
 DEFAULT_REFINE_SIZE = 252  # px: half the 504 network input (exact 2x2 averaging)
 
 # Stage order and share of the whole job for one progress bar.
@@ -162,6 +163,15 @@ def fit_pose(fit, n_expr: int):
     return pose
 
 
+def fit_record(fit) -> dict[str, Any]:
+    """A photo's fitted FLAME pose, expression and camera for the avatar's ``meta`` (JSON): with them the
+    refinement's views can be rebuilt and the fit checked against the photo (:func:`fit_pose`,
+    :func:`fit_camera`); the shared shape is the avatar's ``shape_params``."""
+    r = lambda a: [round(float(x), 6) for x in np.asarray(a).reshape(-1)]  # noqa: E731
+    return {"expr": r(fit.expr), "rotation": r(fit.rotation), "neck": r(fit.neck), "jaw": r(fit.jaw),
+            "translation": r(fit.translation), "focal_px": round(float(fit.focal), 4), "image_px": int(fit.image_size)}
+
+
 def create_from_views(
     images: Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -251,7 +261,11 @@ def create_from_views(
 
         views = [View(_resize(p.image, refine_size), _resize(p.alpha, refine_size), fit_pose(f, rig.expr_dirs.shape[2]),
                       fit_camera(f.focal, size, refine_size), p.path.name) for p, f in zip(photos, joint.fits)]
-        settings = RefineSettings(iterations=int(refine_iterations), time_budget_s=refine_seconds, seed=int(seed))
+        # the network's device decides the refinement's: on CUDA gsplat's backward where gsplat is installed
+        # (the CPU renderer otherwise, said in the meta's refinement.renderer), on the CPU our exact renderer
+        on_cuda = str(dev).startswith("cuda")
+        settings = RefineSettings(iterations=int(refine_iterations), time_budget_s=refine_seconds, seed=int(seed),
+                                  renderer="auto" if on_cuda else "cpu", device=str(dev) if on_cuda else None)
         refinement: dict[str, Any] = {}
 
         def refine(avatar):
@@ -264,7 +278,8 @@ def create_from_views(
             meta["refinement"] = dict(refinement)
             meta["views"] = {
                 "photos": [{"name": n, "sha256": p.sha256, "fit_rms_px": None if not has_fit else float(f.rms_px),
-                            "head_turn_deg": None if not has_fit else round(float(t), 2)}
+                            "head_turn_deg": None if not has_fit else round(float(t), 2),
+                            "fit": fit_record(f) if has_fit else None}
                            for n, p, f, t in zip(names, photos, joint.fits, turns)],
                 "network_photo": names[best],
                 "network_reason": reason,
@@ -322,4 +337,4 @@ def _prepare_all(paths: list[Path], stages: Stages, warn: Callable[[str], None])
 
 
 __all__ = ["DEFAULT_REFINE_ITERATIONS", "DEFAULT_REFINE_SIZE", "VIEW_STAGES", "ViewsResult", "choose_network_photo",
-           "create_from_views", "fit_camera", "fit_pose", "views_overall_fraction"]
+           "create_from_views", "fit_camera", "fit_pose", "fit_record", "views_overall_fraction"]

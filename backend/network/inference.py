@@ -37,8 +37,9 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision mode; None means plain float32.
 
     "fast": bfloat16 autocast on CPU too, where attention runs the exact kernel measured fastest on this CPU
-    (attention_choice.py: PyTorch's bf16 SDPA or explicit bf16 GEMMs, depending on the CPU) and the point
-    embedding stays float32 (point_embed.py). Figures at 20018 points on random LAM-20K weights: see
+    (attention_choice.py: PyTorch's bf16 SDPA or explicit bf16 GEMMs, depending on the CPU), the linear layers
+    run as bf16 or fp32 GEMMs, whichever this CPU runs faster (linear_choice.py; outputs bf16 either way), and
+    the point embedding stays float32 (point_embed.py). Figures at 20018 points on random LAM-20K weights: see
     bench/bench_network.py. On CUDA: bfloat16 where supported (training was bf16), else float16; on Apple
     MPS float16.
     """
@@ -120,16 +121,21 @@ def predict_batch(
 
     if cancel is not None:
         cancel.check()
+    linears: Any = contextlib.nullcontext()
     if dtype == torch.bfloat16 and device.type == "cpu":
-        from .attention_choice import ensure_choice
+        from . import attention_choice, linear_choice
+        from .linears import linears_as
 
-        # Full-size problems time the attention kernels once per machine (cached), before the forward.
-        ensure_choice(len(pairs[0][1]),
-                      progress=None if progress is None else (lambda msg: progress("encoder", 0.0, msg)))
+        # Full-size problems time the attention kernels and the linears once per machine (cached), before the
+        # forward; the attention kernel is read per call (attention.py), the linears' option applies here.
+        note = None if progress is None else (lambda msg: progress("encoder", 0.0, msg))
+        attention_choice.ensure_choice(len(pairs[0][1]), progress=note)
+        linear_choice.ensure_choice(len(pairs[0][1]), progress=note)
+        linears = linears_as(model, linear_choice.current())
     img = torch.from_numpy(np.stack([np.ascontiguousarray(i.transpose(2, 0, 1)) for i, _ in pairs])).to(device)
     q = torch.from_numpy(np.stack([p for _, p in pairs])).to(device)
     amp: Any = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.inference_mode(), amp:
+    with torch.inference_mode(), amp, linears:
         out = model(img, q, capture=capture, on_block=on_block)
     arr = {k: v.float().cpu().numpy().astype(np.float32) for k, v in out.items()}
     return [GaussianPrediction(xyz=arr["xyz"][b], offset=arr["offset"][b], rgb=arr["rgb"][b],

@@ -77,6 +77,7 @@ _PARAM_SPECS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "lam_zip": ((str, type(None)), False),
         "refine_iterations": ((int,), False),
         "refine_seconds": ((int, float, type(None)), False),
+        "refine_size": ((int,), False),
         "seed": ((int,), False),
     },
     "setup": {
@@ -128,6 +129,8 @@ def _check_views_params(params: dict) -> None:
         raise RequestError("create_views: 'images' must be a list of photo paths (non-empty strings)", code="bad_params")
     if params.get("refine_iterations", 0) < 0:
         raise RequestError("create_views: 'refine_iterations' must be 0 or more", code="bad_params")
+    if not 16 <= params.get("refine_size", 252) <= 1024:
+        raise RequestError("create_views: 'refine_size' must be 16 to 1024 pixels", code="bad_params")
     seconds = params.get("refine_seconds")
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise RequestError("create_views: 'refine_seconds' must be a positive number of seconds or null", code="bad_params")
@@ -176,7 +179,7 @@ def run_create(params: dict, ctx: JobContext) -> dict:
 
 def run_create_views(params: dict, ctx: JobContext) -> dict:
     """2-4 photos -> one avatar (joint fit, network on the most frontal photo, refinement on all)."""
-    from ..create.views import DEFAULT_REFINE_ITERATIONS, create_from_views, views_overall_fraction
+    from ..create.views import DEFAULT_REFINE_ITERATIONS, DEFAULT_REFINE_SIZE, create_from_views, views_overall_fraction
 
     result = create_from_views(
         params["images"], params["output"],
@@ -184,7 +187,8 @@ def run_create_views(params: dict, ctx: JobContext) -> dict:
         device=params.get("device", "auto"), precision=params.get("precision", "fp32"),
         ply=params.get("ply"), preview=params.get("preview"), lam_zip=params.get("lam_zip"),
         refine_iterations=params.get("refine_iterations", DEFAULT_REFINE_ITERATIONS),
-        refine_seconds=params.get("refine_seconds"), seed=params.get("seed", 0),
+        refine_seconds=params.get("refine_seconds"), refine_size=params.get("refine_size", DEFAULT_REFINE_SIZE),
+        seed=params.get("seed", 0),
         progress=lambda stage, frac, msg="": ctx.progress(stage, views_overall_fraction(stage, frac), msg),
         on_warning=ctx.warn, cancel=ctx.cancel,
     )
