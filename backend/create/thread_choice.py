@@ -267,11 +267,7 @@ def format_description(info: dict[str, Any]) -> list[str]:
     lines.append(f"  measured {record['calibrated']} in {record['calibration_s']:.1f} s on {record['points']} "
                  f"Gaussians, {record['views']} view at {record['size_px']} px"
                  + (f", load average {load:.1f}" if load is not None else "") + f"; machine: {info['machine']}")
-    for name, r in record["options"].items():
-        mark = "*" if name == record["choice"] else " "
-        if r.get("seconds") is None:
-            lines.append(f"   {mark} {name:16s} excluded: loss differs by {r['error']:.1e} > {record['error_bound']:.0e}")
-        else:
-            lines.append(f"   {mark} {name:16s} {r['seconds']:6.3f} s per iteration and view")
+    lines += CHOICE.option_lines(record, lambda r: f"{r['seconds']:6.3f} s per iteration and view",
+                                 excluded="loss differs by")
     lines.append(CHOICE.tail_line(info))
     return lines

@@ -214,12 +214,7 @@ def format_description(info: dict[str, Any]) -> list[str]:
     lines.append(f"  measured {record['calibrated']} in {record['calibration_s']:.1f} s on {h} heads x {nq} queries "
                  f"x {nk} keys (d {d})" + (f", load average {load:.1f}" if load is not None else "")
                  + f"; machine: {info['machine']}")
-    for name, r in record["kernels"].items():
-        mark = "*" if name == record["kernel"] else " "
-        if r.get("seconds") is None:
-            lines.append(f"   {mark} {name:16s} excluded: error {r['error']:.1e} > {record['error_bound']:.0e}")
-        else:
-            lines.append(f"   {mark} {name:16s} {r['gflops']:6.1f} GFLOP/s  ~{r['layer_s']:5.1f} s per full layer"
-                         f"  error {r['error']:.1e}")
+    lines += CHOICE.option_lines(record, lambda r: f"{r['gflops']:6.1f} GFLOP/s  ~{r['layer_s']:5.1f} s per full "
+                                                   f"layer  error {r['error']:.1e}")
     lines.append(CHOICE.tail_line(info))
     return lines

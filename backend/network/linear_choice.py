@@ -164,12 +164,7 @@ def format_description(info: dict[str, Any]) -> list[str]:
     lines.append(f"  measured {record['calibrated']} in {record['calibration_s']:.1f} s on one block's linears x "
                  f"{record['rows']} rows" + (f", load average {load:.1f}" if load is not None else "")
                  + f"; machine: {info['machine']}")
-    for name, r in record["options"].items():
-        mark = "*" if name == record["choice"] else " "
-        if r.get("seconds") is None:
-            lines.append(f"   {mark} {name:16s} excluded: error {r['error']:.1e} > {record['error_bound']:.0e}")
-        else:
-            lines.append(f"   {mark} {name:16s} {r['gflops']:6.1f} GFLOP/s  ~{r['forward_s']:5.1f} s per forward's "
-                         f"linears  error {r['error']:.1e}")
+    lines += CHOICE.option_lines(record, lambda r: f"{r['gflops']:6.1f} GFLOP/s  ~{r['forward_s']:5.1f} s per "
+                                                   f"forward's linears  error {r['error']:.1e}")
     lines.append(CHOICE.tail_line(info))
     return lines

@@ -374,6 +374,19 @@ class MachineChoice:
             lines.append(f"  not measured on this machine yet ({info['machine']}): {not_measured}")
         return lines
 
+    def option_lines(self, record: Mapping[str, Any], rate: Callable[[Mapping[str, Any]], str],
+                     excluded: str = "error") -> list[str]:
+        """Doctor lines, one per measured option: ``*`` marks the choice; ``rate(result)`` says how fast it ran,
+        an option that failed its accuracy check says by how much (``excluded`` names the measure)."""
+        lines = []
+        for name, r in record[self.results_field].items():
+            mark = "*" if name == record[self.field] else " "
+            if r.get("seconds") is None:
+                lines.append(f"   {mark} {name:16s} excluded: {excluded} {r['error']:.1e} > {record['error_bound']:.0e}")
+            else:
+                lines.append(f"   {mark} {name:16s} {rate(r)}")
+        return lines
+
     def tail_line(self, info: Mapping[str, Any]) -> str:
         return (f"  cache: {info['cache_file']}  (measure again: lam-head doctor --calibrate; "
                 f"override: lam-head create {self.flag} {self.accepted_values or 'NAME'}, or ${self.env_var})")
