@@ -222,3 +222,47 @@ def test_unwritable_output_is_a_clear_error(tmp_path, kit):
     blocker.write_text("a file where a folder should be")
     with pytest.raises(BadInputError, match="cannot write"):
         create_avatar(kit["photo"], blocker / "a.npz", weights=kit["weights"], flame=kit["flame"])
+
+
+# Everything the few-photo path (issue 15) added; the single-photo path must not even import it.
+FEW_PHOTO_MODULES = ("backend.cli.create_views", "backend.create.views", "backend.create.refine", "backend.fit.joint_fit",
+                     "backend.render.diff_render", "backend.render.gsplat_diff", "backend.render.rig_torch")
+
+
+@pytest.mark.slow  # two CLI runs with an L-BFGS fit each: ~30 s on 2 cores
+def test_one_photo_is_todays_path_byte_for_byte_without_the_few_photo_code(tmp_path, kit):
+    """One photo: the same bytes whether or not the few-photo modules can be imported at all, and no
+    few-photo records in meta. (Checked once against the commit before issue 15, 3e5ad9f: identical
+    arrays and PLY bytes in fp32, apart from mediapipe's weighted NMS, which a later fix restored.)"""
+    rng = np.random.default_rng(1)
+    from backend.flame import load_flame
+
+    n_faces = load_flame(kit["flame"]).faces.shape[0]
+    emb = tmp_path / "landmark_embedding_with_eyes.npz"
+    np.savez(emb, full_lmk_faces_idx=rng.choice(n_faces, 68, replace=False)[None].astype(np.int64),
+             full_lmk_bary_coords=rng.dirichlet([2.0, 2.0, 2.0], size=68)[None])
+    env = _env(tmp_path)
+    subprocess.run([sys.executable, "-m", "backend", "setup", "--landmark-embedding", str(emb)], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    outputs = {}
+    for run, blocked in (("plain", ()), ("blocked", FEW_PHOTO_MODULES)):
+        out, ply = tmp_path / run / "a.npz", tmp_path / run / "a.ply"
+        code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None  # any import of it raises\n"
+                "from backend import cli\nsys.exit(cli.main(sys.argv[1:]))")
+        r = subprocess.run(
+            [sys.executable, "-c", code, "create", str(kit["photo"]), "-o", str(out), "--ply", str(ply),
+             "--weights", str(kit["weights"]), "--flame", str(kit["flame"]), "--quiet"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        outputs[run] = (np.load(out, allow_pickle=False), ply.read_bytes())
+    (a, ply_a), (b, ply_b) = outputs["plain"], outputs["blocked"]
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        if k != "meta":
+            assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+    meta_a, meta_b = (json.loads(str(x["meta"])) for x in (a, b))
+    assert np.isfinite(meta_a["fit_rms_px"])  # the fit ran
+    assert {k: v for k, v in meta_a.items() if k != "created"} == {k: v for k, v in meta_b.items() if k != "created"}
+    assert not {"views", "refinement"} & set(meta_a)
+    assert ply_a == ply_b
