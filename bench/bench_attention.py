@@ -30,7 +30,8 @@ from backend.network import attention_choice as ac  # noqa: E402
 from backend.network.attention import run_kernel  # noqa: E402
 
 
-def _load() -> str:
+def load_averages() -> str:
+    """The 1, 5 and 15 minute load averages, for the figures' context."""
     try:
         return " / ".join(f"{x:.1f}" for x in os.getloadavg())
     except (OSError, AttributeError):
@@ -51,7 +52,7 @@ def main() -> int:
     cpu, flags = ac.cpu_identity()
     print(f"CPU: {cpu} [{' '.join(flags)}]; {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"load average before: {_load()}")
+    print(f"load average before: {load_averages()}")
     print(f"layer: {full_h} heads x {nq} queries x {nk} keys, d {d} (bf16); timing {h} heads, scaled x {full_h / h:g}")
 
     g = torch.Generator().manual_seed(0)
@@ -76,7 +77,7 @@ def main() -> int:
     for name in names:
         print(f"  {name:16s} {layer[name]:6.2f} s per full layer  {flops_full / layer[name] / 1e9:6.1f} GFLOP/s  "
               f"error vs fp32 SDPA {errors[name]:.1e}" + ("  (fastest)" if name == best else ""))
-    print(f"load average after the layers: {_load()}")
+    print(f"load average after the layers: {load_averages()}")
 
     if not args.no_calibration:
         record = ac.ensure_choice(force=True) if args.save else ac.calibrate()
@@ -87,7 +88,7 @@ def main() -> int:
         if chosen in layer:
             print(f"chosen kernel on the full layer: {layer[chosen]:.2f} s = {layer[chosen] / layer[best]:.2f} x the "
                   f"fastest measured here ({best}, {layer[best]:.2f} s); goal <= 1.1")
-        print(f"load average after calibration: {_load()}")
+        print(f"load average after calibration: {load_averages()}")
         cells = " / ".join(f"{n} {layer[n]:.1f}" for n in names)
         print(f"README row: | attention kernels, one full layer, {cpu} ({torch.get_num_threads()} threads) "
               f"(`bench_attention.py`) | {cells} s; chosen {chosen} (calibration {record['calibration_s']:.1f} s) | |")

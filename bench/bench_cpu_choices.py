@@ -29,20 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_attention import load_averages  # noqa: E402 (a sibling script: python bench/...py puts bench/ on sys.path)
+
 from backend.setup import machine_choice as mc  # noqa: E402
-
-
-def _load() -> str:
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except (OSError, AttributeError):
-        return "n/a"
 
 
 def _print_record(choice: mc.MachineChoice, record: dict, rate) -> None:
     results = record[choice.results_field]
     print(f"{choice.title}: chose {record[choice.field]} (calibration {record['calibration_s']:.1f} s, "
-          f"load average after {_load()})")
+          f"load average after {load_averages()})")
     for name, r in results.items():
         mark = "*" if name == record[choice.field] else " "
         what = "excluded" if r.get("seconds") is None else rate(r)
@@ -100,7 +95,7 @@ def main() -> int:
     print(f"CPU: {cpu} [{' '.join(flags)}]; {os.cpu_count()} CPUs; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}); numba "
           f"{numba.__version__} ({numba.config.NUMBA_NUM_THREADS} threads, layer {numba.config.THREADING_LAYER})")
-    print(f"load average before: {_load()}")
+    print(f"load average before: {load_averages()}")
     rows = []
     for module_name, attr in mc.CHOICE_MODULES:
         module = importlib.import_module(module_name)
@@ -125,7 +120,7 @@ def main() -> int:
                 best = min(full, key=full.get)
                 print("  full block, 20018 rows: " + ", ".join(f"{n} {s:.2f} s" for n, s in full.items())
                       + f"; chosen {chosen} = {full[chosen] / full[best]:.2f} x the fastest ({best}); goal <= 1.1"
-                      + f"  (load average {_load()})")
+                      + f"  (load average {load_averages()})")
                 text += ("; full block " + " / ".join(f"{n} {s:.2f}" for n, s in full.items())
                          + f" s, chosen {full[chosen] / full[best]:.2f} x fastest")
             rows.append(text)
@@ -140,12 +135,12 @@ def main() -> int:
                 best = min(full, key=full.get)
                 print("  full iteration, 4 views at 252 px: " + ", ".join(f"{n} {s:.2f} s" for n, s in full.items())
                       + (f"; chosen {chosen} = {full[chosen] / full[best]:.2f} x the fastest ({best}); goal <= 1.1"
-                         if chosen in full else "") + f"  (load average {_load()})")
+                         if chosen in full else "") + f"  (load average {load_averages()})")
                 if chosen in full:
                     text += ("; full iteration (4 views) " + " / ".join(f"{n} {s:.2f}" for n, s in full.items())
                              + f" s, chosen {full[chosen] / full[best]:.2f} x fastest")
             rows.append(text)
-    print(f"load average after: {_load()}")
+    print(f"load average after: {load_averages()}")
     print("summary:")
     for r in rows:
         print(f"  {r}")
