@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from factories.fake_timer import FakeTimer
 
 import backend.network.attention as attn_mod
 from backend.core.errors import BadInputError
@@ -29,18 +30,6 @@ def clean_state(tmp_path, monkeypatch):
     yield
     ac.CHOICE.memo.clear()
     ac.set_override(None)
-
-
-class FakeTimer:
-    """Seconds per kernel from a table; counts the calls."""
-
-    def __init__(self, seconds: dict[str, float]):
-        self.seconds = seconds
-        self.calls: list[str] = []
-
-    def __call__(self, name, run):
-        self.calls.append(name)
-        return self.seconds[name]
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from factories.checkpoint import make_tiny_weights_dir
+from factories.fake_timer import FakeTimer
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -52,15 +53,6 @@ class LinearSpy(TorchDispatchMode):
         elif func is torch.ops.aten.addmm.default:  # a 2-D linear with bias reaches the dispatcher as addmm
             self.dtypes.append(args[1].dtype)
         return func(*args, **(kwargs or {}))
-
-
-class FakeTimer:
-    def __init__(self, seconds):
-        self.seconds, self.calls = seconds, []
-
-    def __call__(self, name, run):
-        self.calls.append(name)
-        return self.seconds[name]
 
 
 def _rel(out, ref):

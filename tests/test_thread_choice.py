@@ -6,6 +6,7 @@ from __future__ import annotations
 import numba
 import pytest
 import torch
+from factories.fake_timer import FakeTimer
 
 from backend.create import refine
 from backend.create import thread_choice as tc
@@ -26,15 +27,6 @@ def clean_state(tmp_path, monkeypatch):
 def small():
     """300 Gaussians, one 32 px view: milliseconds per iteration."""
     return tc.synthetic_problem(300, 10, 32, seed=2)
-
-
-class FakeTimer:
-    def __init__(self, seconds):
-        self.seconds, self.calls = seconds, []
-
-    def __call__(self, name, run):
-        self.calls.append(name)
-        return self.seconds[name]
 
 
 def _record(split: str) -> dict:
