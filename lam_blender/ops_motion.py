@@ -99,7 +99,7 @@ def import_motion(context, obj, filepath: str | Path, progress=None, **options) 
 
 
 class LAM_HEAD_OT_import_motion(bpy.types.Operator, ImportHelper):
-    """Key a facial capture (Live Link Face CSV, ARKit JSON) or a FLAME motion onto the active avatar"""
+    """Key a facial capture (Live Link Face CSV, ARKit or Audio2Face JSON) or a FLAME motion onto the active avatar"""
 
     bl_idname = "lam_head.import_motion"
     bl_label = "Import LAM Head Motion"

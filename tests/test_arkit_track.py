@@ -1,6 +1,6 @@
 """ARKit tracks: Live Link Face CSVs written here from the format description (rates, drift, the FF
-wrap jump, BOM, CRLF, shuffled columns, head recorded or not), the real LAM ARKit JSON, the LAM
-web calibration, and every kind of bad file refused with a message naming the file."""
+wrap jump, BOM, CRLF, shuffled columns, head recorded or not), the real LAM ARKit JSON, Audio2Face's
+blendshape export, the LAM web calibration, and every kind of bad file refused with a message naming the file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories.live_link import PASCAL_NAMES, arkit_json, live_link_csv, random_track, timecodes
+from factories.live_link import PASCAL_NAMES, arkit_json, audio2face_json, live_link_csv, random_track, timecodes
 
 from backend.core.errors import BadInputError
 from backend.core.formats.arkit_track import (
@@ -222,6 +222,57 @@ def test_json_layout_rate_names_and_head_pose(tmp_path):
     del data["metadata"]
     (tmp_path / "e.json").write_text(json.dumps(data))
     assert load_arkit_track(tmp_path / "e.json").fps == 24  # the frames' times say 24 fps
+
+
+def test_audio2face_export_reads_as_the_same_track_as_the_other_layouts(tmp_path):
+    w, _, _ = random_track(50, seed=11, head=False, eyes=False)
+    rng = np.random.default_rng(11)
+    perm = rng.permutation(52)
+    names = [PASCAL_NAMES[i] for i in perm] + ["tongueTwist"]  # A2F keeps the mesh's names and order
+    table = np.concatenate([w[:, perm], np.zeros((50, 1))], axis=1)
+    a2f = load_arkit_track(audio2face_json(tmp_path / "a2f.json", table, names=names, fps=60, joints=True))
+    lam = load_arkit_track(arkit_json(tmp_path / "lam.json", w, fps=60))
+    csv = load_arkit_track(live_link_csv(tmp_path / "take.csv", w, rate=60))
+    assert a2f.names == lam.names == csv.names == ARKIT_NAMES
+    assert a2f.fps == lam.fps == csv.fps == 60 and a2f.head is None and a2f.eyes is None
+    np.testing.assert_array_equal(a2f.weights, lam.weights)
+    np.testing.assert_array_equal(a2f.weights, w.astype(np.float32))
+    np.testing.assert_allclose(a2f.weights, csv.weights, atol=1e-7)
+    np.testing.assert_allclose(a2f.times, np.arange(50) / 60)
+    assert any("tongueTwist" in x for x in a2f.warnings)
+    assert any("rotations/translations are not read" in x for x in a2f.warnings)
+    frames, at30 = a2f.resampled(30, start_frame=1)
+    np.testing.assert_array_equal(at30.weights, w[::2].astype(np.float32))  # every other row, exactly
+
+    few = load_arkit_track(audio2face_json(tmp_path / "few.json", w[:, :3], names=["jawOpen", "EyeBlinkLeft",
+                                                                                    "eyeBlinkRight"], fps=None))
+    assert few.names == ("eyeBlinkLeft", "eyeBlinkRight", "jawOpen") and few.fps == 30
+    np.testing.assert_array_equal(few.channel("jawOpen"), w[:, 0].astype(np.float32))
+    assert any("no exportFps" in x for x in few.warnings)
+    counted = load_arkit_track(audio2face_json(tmp_path / "n.json", w, numFrames=49))
+    assert counted.n_frames == 50 and any("numFrames says 49" in x for x in counted.warnings)
+
+
+BAD_A2F = [
+    (dict(weightMat=[]), "no frames"),
+    (dict(weightMat=[[0.1, 0.2, 0.3], [0.1]]), "'weightMat' row 1 has 1 weights, 'facsNames' has 3"),
+    (dict(weightMat=[[0.1, 0.2, 0.3], 5]), "'weightMat' row 1 is not a list"),
+    (dict(weightMat=[[0.1, 0.2, "x"]]), "'weightMat' row 0: weights must be numbers"),
+    (dict(weightMat=[[0.1, 0.2, float("nan")]]), "'weightMat' row 0, mouthClose: NaN"),
+    (dict(exportFps=-30), "exportFps must be a positive number"),
+    (dict(exportFps="30"), "exportFps must be a positive number"),
+    (dict(facsNames=["jawOpen", 3, "mouthClose"]), "'facsNames' must be a list of strings"),
+    (dict(facsNames=["a", "b", "c"]), "no ARKit blendshape names"),
+]
+
+
+@pytest.mark.parametrize("fields, message", BAD_A2F)
+def test_bad_audio2face_files_are_refused_clearly(tmp_path, fields, message):
+    path = audio2face_json(tmp_path / "bad.json", np.full((2, 3), 0.5), names=["jawOpen", "eyeBlinkLeft", "mouthClose"],
+                           **fields)
+    with pytest.raises(BadInputError, match=message) as info:
+        load_arkit_track(path)
+    assert "Audio2Face JSON" in str(info.value) and str(path) in str(info.value)
 
 
 @pytest.mark.skipif(not REAL_JSON.is_file(), reason=f"{REAL_JSON} absent (shared/ fixtures not available)")

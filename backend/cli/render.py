@@ -1,7 +1,7 @@
 """``lam-head render AVATAR [--motion FILE | --turntable] -o OUT/``: PNG frames (+ MP4).
 
 ``--motion`` takes a FLAME motion (frames rendered one per row, at the motion's rate or
-``--fps``) or an ARKit track (Live Link Face CSV, ARKit JSON) for avatars with ARKit
+``--fps``) or an ARKit track (Live Link Face CSV, ARKit or Audio2Face JSON) for avatars with ARKit
 blendshapes: rendered at the track's rate, or resampled to ``--fps`` (exact rows when the rates
 match; :mod:`backend.core.motion_timing`).
 

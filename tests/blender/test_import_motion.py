@@ -1,6 +1,6 @@
-"""Motion import in Blender: ARKit tracks (the real JSON, generated Live Link Face CSVs) and
-FLAME sequences become keyframes on a real LAM ZIP avatar and on our own avatars; playback
-equals the track (1e-6) and the numpy rig (1e-5 m); bad files change nothing."""
+"""Motion import in Blender: ARKit tracks (the real JSON, generated Live Link Face CSVs and
+Audio2Face exports) and FLAME sequences become keyframes on a real LAM ZIP avatar and on our own
+avatars; playback equals the track (1e-6) and the numpy rig (1e-5 m); bad files change nothing."""
 
 from __future__ import annotations
 
@@ -118,6 +118,21 @@ def test_live_link_csv_with_shuffled_columns_keys_by_name(lam, tmp_path, rate, s
     # one new action per import (two takes), the first kept for the NLA
     takes = [a for a in bpy.data.actions if a.name.startswith(("plain", "shuffled"))]
     assert len(takes) == 2 and all(a.use_fake_user or a.users for a in takes)
+
+
+def test_audio2face_export_keys_the_arkit_shapes_by_name(lam, tmp_path):
+    _scene(30)
+    mesh_obj, _ = _our_avatar(tmp_path)
+    weights, _, _ = live_link.random_track(40, seed=6, head=False, eyes=False)
+    order = np.random.default_rng(6).permutation(52)
+    path = live_link.audio2face_json(tmp_path / "a2f_take.json", weights[:, order],
+                                     names=[live_link.PASCAL_NAMES[i] for i in order], fps=60, joints=True)
+    assert bpy.ops.lam_head.import_motion(filepath=str(path)) == {"FINISHED"}
+    assert mesh_obj.data.shape_keys.animation_data.action.name == "a2f_take"
+    names = list(ARKIT_NAMES[:-1])
+    frames = np.arange(1, 21)  # 60 fps rows at a 30 fps scene: every other row, exactly
+    want = weights[::2][:, [ARKIT_NAMES.index(n) for n in names]]
+    np.testing.assert_allclose(_key_values(mesh_obj, names, frames), want, atol=1e-6)
 
 
 def test_flame_sequence_plays_back_as_the_numpy_rig(lam, tmp_path):

@@ -1,5 +1,6 @@
-"""Apple Live Link Face CSVs and ARKit JSONs for tests, written from the format description
-(LAM_SPEC section 5), not from one recording: any rate, timecode drift, BOM, CRLF, column order.
+"""Apple Live Link Face CSVs, ARKit JSONs and Audio2Face JSONs for tests, written from the format
+descriptions (LAM_SPEC section 5; Audio2Face's documented export keys), not from one recording: any
+rate, timecode drift, BOM, CRLF, column order.
 """
 
 from __future__ import annotations
@@ -75,4 +76,22 @@ def arkit_json(path: Path, weights: np.ndarray, names=ARKIT_NAMES, fps: float | 
     if head_pose is not None:
         data["head_pose"] = np.asarray(head_pose).tolist()
     path.write_text(json.dumps(data))
+    return path
+
+
+def audio2face_json(path: Path, weights: np.ndarray, names=ARKIT_NAMES, fps: float | None = 30.0,
+                    joints: bool = False, **fields) -> Path:
+    """Write NVIDIA Audio2Face's blendshape export: ``exportFps``, ``numPoses``, ``numFrames``,
+    ``facsNames`` and ``weightMat`` (frames x poses); ``joints`` adds its joint rotation block
+    (one joint, identity quaternions); ``fields`` override or add top-level keys."""
+    data: dict = {"trackPath": "/World/audio2face/Player"}
+    if fps is not None:
+        data["exportFps"] = fps
+    data.update(numPoses=len(names), numFrames=int(weights.shape[0]), facsNames=list(names),
+                weightMat=[[float(x) for x in row] for row in weights])
+    if joints:
+        data.update(joints=["jaw"], rotations=[[[0.0, 0.0, 0.0, 1.0]]] * int(weights.shape[0]),
+                    translations=[[[0.0, 0.0, 0.0]]] * int(weights.shape[0]))
+    data.update(fields)
+    path.write_text(json.dumps(data, indent=2))
     return path

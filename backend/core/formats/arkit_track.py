@@ -7,6 +7,9 @@ Two layouts (LAM_SPEC section 5):
   then head and eye angles in radians. Columns are matched by name, never by position.
 * **ARKit JSON** (LAM / Audio2Expression): ``{"names": [...], "metadata": {"fps": 30},
   "frames": [{"weights": [...]}, ...]}``; optional per-frame ``time`` and top-level ``head_pose``.
+* **Audio2Face blendshape JSON** (NVIDIA Audio2Face's export, the other common audio-to-expression
+  tool): ``{"exportFps": 30, "numPoses": K, "numFrames": T, "facsNames": [...], "weightMat":
+  [[K floats] x T]}``; its optional joint ``rotations``/``translations`` are not read.
 
 Channels come out in Apple's order (:data:`ARKIT_NAMES`) whatever the file's order, so a file
 with shuffled columns gives the same track. Names that are not ARKit's are left out with a
@@ -169,7 +172,8 @@ def load_arkit_track(path: str | os.PathLike) -> ArkitTrack:
     if kind == "csv":
         return parse_live_link_csv(text, str(path))
     raise BadInputError(f"ARKit track {path}: not a Live Link Face CSV (header 'Timecode,BlendShapeCount,...') "
-                        f"nor an ARKit JSON ({{\"names\": [...], \"frames\": [...]}})")
+                        f"nor an ARKit JSON ({{\"names\": [...], \"frames\": [...]}} or Audio2Face's "
+                        f"{{\"facsNames\": [...], \"weightMat\": [...]}})")
 
 
 def _snap_rate(rate: float) -> float:
@@ -358,44 +362,29 @@ def parse_arkit_json(text: str, source: str = "<json>") -> ArkitTrack:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if isinstance(data, dict) and "facsNames" in data and "weightMat" in data:
+        return _parse_audio2face(data, source)
     if not isinstance(data, dict) or "names" not in data or "frames" not in data:
         keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        raise BadInputError(f"{where}: expected an object with 'names' and 'frames' (found {keys or 'nothing'})")
-    raw_names, frames = data["names"], data["frames"]
-    if not isinstance(raw_names, list) or not all(isinstance(n, str) for n in raw_names):
-        raise BadInputError(f"{where}: 'names' must be a list of strings")
+        raise BadInputError(f"{where}: expected an object with 'names' and 'frames' (LAM's ARKit JSON) or "
+                            f"'facsNames' and 'weightMat' (Audio2Face's export) (found {keys or 'nothing'})")
+    raw_names, frames = _names(data, "names", where), data["frames"]
     if not isinstance(frames, list) or not frames:
         raise BadInputError(f"{where}: no frames ('frames' is {'empty' if frames == [] else 'not a list'})")
     pos, names, unknown = _channels(raw_names, where)
     notes = [_unknown_note(unknown)] if unknown else []
 
-    width = len(raw_names)
     rows = []
     for k, fr in enumerate(frames):
         w = fr.get("weights") if isinstance(fr, dict) else None
         if not isinstance(w, list):
             raise BadInputError(f"{where}: frame {k} has no 'weights' list")
-        if len(w) != width:
-            raise BadInputError(f"{where}: frame {k} has {len(w)} weights, 'names' has {width}")
         rows.append(w)
-    try:
-        table = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        k = next(i for i, r in enumerate(rows) if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          for x in r))
-        raise BadInputError(f"{where}: frame {k}: weights must be numbers") from None
-    bad = ~np.isfinite(table)
-    if bad.any():
-        k, c = (int(x[0]) for x in np.nonzero(bad))
-        raise BadInputError(f"{where}: frame {k}, {raw_names[c]}: NaN or infinite values are refused")
-    weights = table[:, pos].astype(np.float32)
+    weights = _weight_table(rows, raw_names, pos, where, "frame", "'names'")
     notes += _range_note(weights, names)
 
     meta = data.get("metadata")
-    meta_fps = meta.get("fps") if isinstance(meta, dict) else None
-    if meta_fps is not None and (isinstance(meta_fps, bool) or not isinstance(meta_fps, (int, float))
-                                 or not math.isfinite(meta_fps) or meta_fps <= 0):
-        raise BadInputError(f"{where}: metadata.fps must be a positive number, got {meta_fps!r}")
+    meta_fps = _rate(meta.get("fps") if isinstance(meta, dict) else None, "metadata.fps", where)
     times = _json_times(frames, where)
     if times is not None and len(times) > 1:
         time_fps = _snap_rate(1.0 / float(np.median(np.diff(times))))
@@ -411,6 +400,68 @@ def parse_arkit_json(text: str, source: str = "<json>") -> ArkitTrack:
     head = _json_head(data.get("head_pose"), len(frames), notes)
     return ArkitTrack(names=names, weights=weights, times=times, fps=fps, source=source, head=head,
                       eyes=None, warnings=notes, head_documented=head is None)
+
+
+def _parse_audio2face(data: dict, source: str) -> ArkitTrack:
+    """Audio2Face's blendshape export: ``weightMat`` rows are frames at ``exportFps``."""
+    where = f"Audio2Face JSON {source}"
+    raw_names, rows = _names(data, "facsNames", where), data["weightMat"]
+    if not isinstance(rows, list) or not rows:
+        raise BadInputError(f"{where}: no frames ('weightMat' is {'empty' if rows == [] else 'not a list'})")
+    pos, names, unknown = _channels(raw_names, where)
+    notes = [_unknown_note(unknown)] if unknown else []
+    for k, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise BadInputError(f"{where}: 'weightMat' row {k} is not a list of weights")
+    weights = _weight_table(rows, raw_names, pos, where, "'weightMat' row", "'facsNames'")
+    notes += _range_note(weights, names)
+    for key, have in (("numFrames", len(rows)), ("numPoses", len(raw_names))):
+        said = data.get(key)
+        if said is not None and said != have:
+            notes.append(f"{key} says {said!r}, the weights have {have}: the weights are used")
+    fps = _rate(data.get("exportFps"), "exportFps", where)
+    if fps is None:
+        fps = DEFAULT_JSON_FPS
+        notes.append(f"no exportFps: {fps:g} fps assumed")
+    if any(data.get(k) for k in ("rotations", "translations")):
+        notes.append("Audio2Face's joint rotations/translations are not read: only the blendshapes are keyed")
+    times = np.arange(len(rows), dtype=np.float64) / fps
+    return ArkitTrack(names=names, weights=weights, times=times, fps=float(fps), source=source, warnings=notes)
+
+
+def _names(data: dict, key: str, where: str) -> list[str]:
+    names = data[key]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadInputError(f"{where}: {key!r} must be a list of strings")
+    return names
+
+
+def _weight_table(rows: list[list], raw_names: list[str], pos: list[int], where: str, row_word: str,
+                  names_key: str) -> np.ndarray:
+    """T,K float32 of the ARKit channels (file positions ``pos``) from T rows of len(raw_names) numbers."""
+    width = len(raw_names)
+    for k, row in enumerate(rows):
+        if len(row) != width:
+            raise BadInputError(f"{where}: {row_word} {k} has {len(row)} weights, {names_key} has {width}")
+    try:
+        table = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        k = next(i for i, r in enumerate(rows) if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          for x in r))
+        raise BadInputError(f"{where}: {row_word} {k}: weights must be numbers") from None
+    bad = ~np.isfinite(table)
+    if bad.any():
+        k, c = (int(x[0]) for x in np.nonzero(bad))
+        raise BadInputError(f"{where}: {row_word} {k}, {raw_names[c]}: NaN or infinite values are refused")
+    return table[:, pos].astype(np.float32)
+
+
+def _rate(value, key: str, where: str) -> float | None:
+    """A file's frame rate field: None when absent, refused unless a positive finite number."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value <= 0):
+        raise BadInputError(f"{where}: {key} must be a positive number, got {value!r}")
+    return None if value is None else float(value)
 
 
 def _json_times(frames: list, where: str) -> np.ndarray | None:
