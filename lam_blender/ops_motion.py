@@ -1,7 +1,7 @@
 """File > Import > LAM Head Motion: ``bpy.ops.lam_head.import_motion(filepath=...)`` keys a capture
 onto the active avatar (ours or an imported LAM web ZIP).
 
-By content and extension: Apple Live Link Face ``.csv`` and ARKit ``.json`` (shape keys by name,
+By content and extension: Apple Live Link Face ``.csv``, ARKit and Audio2Face ``.json`` (shape keys by name,
 head / eye angles onto bones), FLAME motions (a ``flame_param/`` folder, one stacked ``.npz`` or a
 ``.zip`` of either: expression keys and bone rotations). The file is read and planned first
 (``backend/core/motion_channels.py``); only a good plan touches the scene.
@@ -37,8 +37,8 @@ def _kind(path: Path) -> str:
         return "FLAME"
     if path.suffix.lower() in ARKIT_EXTENSIONS or arkit_track.sniff_arkit_track(path) is not None:
         return "ARKit"
-    raise errors.BadInputError(f"{path}: not a motion this add-on reads (Live Link Face .csv, ARKit .json, FLAME "
-                               "flame_param/ folder, .npz or .zip)")
+    raise errors.BadInputError(f"{path}: not a motion this add-on reads (Live Link Face .csv, ARKit or Audio2Face "
+                               ".json, FLAME flame_param/ folder, .npz or .zip)")
 
 
 def _weighted(mesh_obj, joint: str) -> bool:

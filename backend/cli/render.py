@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--motion", metavar="PATH",
                       help="FLAME motion (a flame_param/ folder of per-frame .npz files, one stacked .npz, or a .zip "
-                           "of either) or ARKit track (Live Link Face .csv, ARKit .json; avatars with ARKit shapes)")
+                           "of either) or ARKit track (Live Link Face .csv, ARKit or Audio2Face .json; avatars with ARKit shapes)")
     what.add_argument("--turntable", action="store_true", help="a 360 degree turn around the head (the default)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder for the frames")
     parser.add_argument("--size", type=int, default=512, help="image width and height in pixels (default 512)")

@@ -1,6 +1,6 @@
 """ARKit blendshape tracks -> one :class:`ArkitTrack` (numpy + stdlib only; the add-on imports it).
 
-Two layouts (LAM_SPEC section 5):
+Three layouts (the first two: LAM_SPEC section 5):
 
 * **Apple Live Link Face CSV**: ``Timecode,BlendShapeCount,EyeBlinkLeft,...`` then one row per
   frame; PascalCase names (``EyeBlinkLeft`` -> ``eyeBlinkLeft``), ``HH:MM:SS:FF.fff`` timecodes,
