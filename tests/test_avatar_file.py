@@ -170,12 +170,12 @@ def test_unreadable_files_are_refused(tmp_path):
         load_avatar(tmp_path / "missing.npz")
     garbage = tmp_path / "garbage.npz"
     garbage.write_text("hello, not an archive")
-    with pytest.raises(AvatarFileError, match="not an .npz archive"):
+    with pytest.raises(AvatarFileError, match="not a readable .npz archive .no ZIP header"):
         load_avatar(garbage)
     npy = tmp_path / "array.npz"
     with npy.open("wb") as fh:
         np.save(fh, np.zeros(3))  # a bare .npy under an .npz name
-    with pytest.raises(AvatarFileError, match="not an .npz archive"):
+    with pytest.raises(AvatarFileError, match="not a readable .npz archive .no ZIP header"):
         load_avatar(npy)
     broken = tmp_path / "broken.npz"
     good = save_avatar(tmp_path / "good.npz", make_avatar(30, 2))

@@ -97,7 +97,7 @@ def test_export_zip_runs_as_a_command(real, tmp_path):
 
 @pytest.mark.parametrize("case, match", [
     ("topology", "FLAME's subdivided topology"),
-    ("not_npz", "not an .npz archive"),
+    ("not_npz", "not a readable .npz archive"),
     ("missing", "file not found"),
     ("bad_name", "must end in .zip"),
     ("bad_template", "no skin.glb inside"),

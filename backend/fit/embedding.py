@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import BadInputError
+from ..core.formats.npz_arrays import NpzError, read_npz
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,9 @@ def load_landmark_embedding(path: str | os.PathLike) -> LandmarkEmbedding:
     path = Path(path)
     if path.suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"landmark embedding '{path}' could not be read ({exc})") from None
+            d = read_npz(path)
+        except NpzError as exc:
+            raise BadInputError(f"landmark embedding '{path}' could not be read ({exc.problem})") from None
     else:
         from ..flame.restricted_pickle import load_pickled_npy
 

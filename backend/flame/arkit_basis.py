@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core.errors import BadInputError
 from ..core.formats.lam_zip import LamTemplate
+from ..core.formats.npz_arrays import read_npz
 from .subdivide import faces_from_subdivided
 
 BUNDLED_FILE = Path(__file__).resolve().parent / "data" / "arkit_basis_lam.npz"
@@ -80,12 +81,12 @@ def from_template(template: LamTemplate) -> ArkitBasis:
 def load(path: str | os.PathLike) -> ArkitBasis:
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["format"]) != _FORMAT:
-                raise ValueError("not an ARKit basis file")
-            basis = ArkitBasis(tuple(str(s) for s in npz["names"]), npz["dirs"].astype(np.float32),
-                               npz["faces"].astype(np.int32), str(npz["source"]))
-    except (OSError, KeyError, ValueError) as exc:
+        npz = read_npz(path)
+        if str(npz["format"]) != _FORMAT:
+            raise ValueError("not an ARKit basis file")
+        basis = ArkitBasis(tuple(str(s) for s in npz["names"]), npz["dirs"].astype(np.float32),
+                           npz["faces"].astype(np.int32), str(npz["source"]))
+    except (KeyError, ValueError) as exc:  # NpzError is a ValueError
         raise BadInputError(f"{path}: not a readable ARKit basis ({exc}); run lam-head setup --lam-template ZIP again") from None
     if basis.dirs.ndim != 3 or basis.dirs.shape[1:] != (3, len(basis.names)) or not np.isfinite(basis.dirs).all():
         raise BadInputError(f"{path}: the ARKit basis arrays are damaged; run lam-head setup --lam-template ZIP again")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic_write import atomic_path
+from .npz_arrays import NpzError, read_npz
 
 FORMAT = "lam-head-avatar"
 VERSION = 2
@@ -307,22 +307,11 @@ def save_avatar(path: str | os.PathLike, avatar: Avatar) -> Path:
 def load_avatar(path: str | os.PathLike) -> Avatar:
     """Read and validate an avatar file. Never unpickles."""
     path = Path(path)
-    if not path.is_file():
-        raise AvatarFileError(None, "file not found", path)
-    # np.load would read a .npy as a bare array and a non-archive as a pickle: check first.
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise AvatarFileError(None, "not an .npz archive (an avatar file is a numpy .npz); re-create or re-export the avatar", path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise AvatarFileError(None, f"not a readable .npz archive ({exc}); re-create or re-export the avatar", path) from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):  # object arrays need pickle: refused
-            raise AvatarFileError(None, f"contains data that needs pickle to load, refused ({exc})", path) from None
-        raise AvatarFileError(None, f"not a readable .npz archive (a member is corrupt: {exc}); re-create or re-export the avatar", path) from None
+        arrays = read_npz(path)
+    except NpzError as exc:
+        fix = "" if exc.problem == "file not found" else "; re-create or re-export the avatar"
+        raise AvatarFileError(None, exc.problem + fix, path) from None
     try:
         return validate(arrays)
     except AvatarFileError as exc:

@@ -13,11 +13,9 @@ The Blender side uses this module too.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from ..atomic_write import atomic_path
 from ..errors import BadInputError
 from ..rig import FlamePose
 from .archive_paths import UnsafeArchiveError
+from .npz_arrays import NpzError, read_npz
 from .safe_zip import SafeZip
 
 DEFAULT_FPS = 30.0
@@ -58,20 +57,10 @@ def natural_key(name: str) -> list:
 
 def _read_npz(path: Path | str, data: bytes | None = None) -> dict[str, np.ndarray]:
     """A .npz file's arrays (``data``: its bytes when it is no file on disk, ``path`` then names it)."""
-    if data is None:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    else:
-        head = data[:4]
-    if head != b"PK\x03\x04":  # np.load would try pickle on anything else
-        raise BadInputError(f"motion file {path}: not a readable .npz archive (no zip header)")
     try:
-        with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise BadInputError(f"motion file {path}: not a readable .npz archive ({exc})") from None
-    except ValueError as exc:
-        raise BadInputError(f"motion file {path}: contains data that needs pickle to load, refused ({exc})") from None
+        return read_npz(path if data is None else data)
+    except NpzError as exc:
+        raise BadInputError(f"motion file {path}: {exc.problem}") from None
 
 
 def _frames_array(arrays: dict, key: str, width: int | None, path: Path, n_frames: int | None) -> np.ndarray | None:
