@@ -3,6 +3,7 @@ server on 127.0.0.1, licence gate, safe archive extraction, local files, doctor.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -11,6 +12,7 @@ import tarfile
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backend import cli
@@ -324,6 +326,17 @@ def test_not_a_tar_is_a_clear_error(tmp_path):
     (tmp_path / "x.tar").write_bytes(b"no tar here")
     with pytest.raises(BadInputError, match="not a readable tar"):
         archive.safe_extract(tmp_path / "x.tar", tmp_path / "o")
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_truncated_tar_is_a_clear_error(tmp_path, gzipped):
+    payload = np.random.default_rng(0).bytes(400_000)  # incompressible: the cut lands inside the data
+    data = _tar([_file("flame_assets/a.bin", payload), _file("flame_assets/b.bin", payload)])
+    if gzipped:
+        data = gzip.compress(data)
+    (tmp_path / "a.tar").write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(BadInputError, match=r"a\.tar: the archive is damaged .*download it again"):
+        archive.safe_extract(tmp_path / "a.tar", tmp_path / "o")
 
 
 def test_lam_assets_archive_is_fetched_extracted_and_registered(hub, home, capsys):

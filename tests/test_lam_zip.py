@@ -194,6 +194,10 @@ def _ply_variant(real, edit):
     (lambda c: (c.pop("opacity"), None)[1], "missing properties opacity"),
     (lambda c: c["f_dc_0"].__setitem__(0, -1.5), "outside \\[0, 1\\]"),
     (lambda c: [c[f"rot_{i}"].__setitem__(2, 0.0) for i in range(4)] and None, "zero rotation"),
+    # flipped exponent bits: values no avatar tool writes, refused as damage
+    (lambda c: c["y"].__setitem__(11, 3.2e23), r"1 Gaussian\(s\) more than 1 m from the vertex \(worst: Gaussian 11, "),
+    (lambda c: c["z"].__setitem__(5, -1.03), r"Gaussian 5, 1.03 m\); LAM's offsets stay within 0.1 m: the file is damaged"),
+    (lambda c: c["scale_2"].__setitem__(9, 88.0), r"with a scale over 1 m \(worst: Gaussian 9"),
 ])
 def test_bad_offset_ply(real, tmp_path, edit, match):
     path = lam_zips.rewrite(real["path"], tmp_path / "p.zip", replace={"offset.ply": _ply_variant(real, edit)})
@@ -207,6 +211,30 @@ def test_nan_in_a_morph_target(real, tmp_path):
     bin_[start:start + 4] = np.float32(np.nan).tobytes()
     path = lam_zips.rewrite(real["path"], tmp_path / "n.zip", replace={"skin.glb": lam_zips.join_glb(gltf, bytes(bin_))})
     _raises(path, LamZipError, "NaN or infinite")
+
+
+def test_a_vertex_far_from_the_body_is_damage(real, tmp_path):
+    gltf, bin_ = real["gltf"], bytearray(real["bin"])
+    acc = gltf["accessors"][_prim(gltf)["attributes"]["POSITION"]]
+    start = gltf["bufferViews"][acc["bufferView"]].get("byteOffset", 0) + acc.get("byteOffset", 0)
+    bin_[start + 12 * 4 + 4:start + 12 * 4 + 8] = np.float32(-2.5e30).tobytes()  # vertex 4, y
+    path = lam_zips.rewrite(real["path"], tmp_path / "n.zip", replace={"skin.glb": lam_zips.join_glb(gltf, bytes(bin_))})
+    _raises(path, LamZipError, r"skin.glb: 1 vertex\(s\) more than 100 m from the origin \(worst: vertex 4, 2.5e\+30 m\)")
+
+
+def test_a_broken_download_is_refused_by_name(real, tmp_path):
+    """Bytes damaged inside a deflated member (a bad download): zipfile raises zlib.error, reported as
+    the member that cannot be read."""
+    raw = bytearray(real["path"].read_bytes())
+    with zipfile.ZipFile(real["path"]) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("offset.ply") and "__MACOSX" not in i.filename)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    name_len, extra_len = np.frombuffer(bytes(raw[info.header_offset + 26:info.header_offset + 30]), "<u2")
+    data_at = info.header_offset + 30 + int(name_len) + int(extra_len)  # the local header's own lengths
+    raw[data_at] = 0b111  # a final block of the reserved type 3: invalid deflate data (zlib.error)
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(bytes(raw))
+    _raises(damaged, BadInputError, r"offset.ply cannot be read \(.*\); the LAM web ZIP is damaged")
 
 
 def test_vertex_order_must_be_a_permutation(real, tmp_path):

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -43,6 +44,9 @@ MEMBERS = (SKIN, OFFSET, ANIMATION, VERTEX_ORDER)
 TEMPLATE_MEMBERS = (SKIN, ANIMATION, VERTEX_ORDER)
 MAX_OFFSET = 0.1  # metres per axis: LAM's offsets are (sigmoid - 0.5) * 0.2
 _OFFSET_SLACK = 1e-4  # float32 rounding and edits that stay visibly inside the range
+# Beyond these a value is damage, not an edit: offsets 10x LAM's bound, a Gaussian over 1 m across, a
+# vertex 100 m away (LAM's body frame is metres, the head about 1.7 m up).
+_DAMAGED_OFFSET, _DAMAGED_LOG_SCALE, _DAMAGED_POSITION = 1.0, 0.0, 100.0
 _WEIGHT_SUM_TOL = 1e-3
 _TEMPLATE_INFO = "template.json"
 SOURCE = "LAM web ZIP"
@@ -85,7 +89,7 @@ class LamTemplate:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
                 info = json.loads(zf.read(_TEMPLATE_INFO))
                 parts = [zf.read(m) for m in TEMPLATE_MEMBERS]
-        except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        except (zipfile.BadZipFile, zlib.error, KeyError, ValueError) as exc:
             raise LamZipError(f"the stored LAM template is damaged ({exc}); re-import the LAM ZIP") from None
         return cls(*parts, folder=str(info["folder"]), source_name=str(info["source_name"]),
                    source_sha256=str(info["source_sha256"]))
@@ -155,6 +159,8 @@ def _parse_skin(glb: Glb, name: str) -> LamSkin:
     positions = _finite(name, "POSITION", glb.accessor(attrs["POSITION"]).astype(np.float32))
     if positions.shape[1] != 3 or positions.shape[0] < 3:
         raise _skin_error(name, f"POSITION has shape {positions.shape}")
+    _refuse_beyond(name, "vertex", np.abs(positions).max(axis=1), _DAMAGED_POSITION,
+                   f"more than {_DAMAGED_POSITION:g} m from the origin", "LAM's meshes are in metres")
     n = positions.shape[0]
     idx = glb.accessor(prim["indices"])
     if idx.dtype.kind != "u" or idx.shape[1] != 1 or idx.shape[0] % 3 or idx.shape[0] == 0:
@@ -333,6 +339,15 @@ def _read(path: str | os.PathLike, with_avatar: bool) -> tuple[Avatar | None, La
     return _avatar(skin, data[OFFSET], f"{label}/{OFFSET}", template), template
 
 
+def _refuse_beyond(name: str, item: str, size: np.ndarray, limit: float, claim: str, why: str) -> None:
+    """Refuse a file in which some item's ``size`` (metres) passes ``limit``: such values are damage."""
+    bad = np.flatnonzero(size > limit)
+    if bad.size:
+        worst = int(bad[np.argmax(size[bad])])
+        raise LamZipError(f"{name}: {bad.size} {item}(s) {claim} (worst: {item} {worst}, {size[worst]:.3g} m); {why}: "
+                          "the file is damaged, export or download it again")
+
+
 def decode_offset_ply(data: bytes, n: int, name: str) -> dict[str, np.ndarray]:
     """LAM's ``offset.ply`` bytes -> offset, rgb, opacity, opacity_logit, scale, rotation (float32),
     checked: one row per vertex, finite, colours in [0, 1]."""
@@ -350,17 +365,22 @@ def decode_offset_ply(data: bytes, n: int, name: str) -> dict[str, np.ndarray]:
     if rgb.min() < -1e-6 or rgb.max() > 1 + 1e-6:
         raise LamZipError(f"{name}: f_dc values outside [0, 1] ({rgb.min():.3g}..{rgb.max():.3g}); LAM stores RGB there, "
                           "this looks like a standard 3DGS PLY (SH colours) instead")
+    offset, log_scale = stack(("x", "y", "z")), stack(("scale_0", "scale_1", "scale_2"))
+    _refuse_beyond(name, "Gaussian", np.abs(offset).max(axis=1), _DAMAGED_OFFSET,
+                   f"more than {_DAMAGED_OFFSET:g} m from the vertex", f"LAM's offsets stay within {MAX_OFFSET:g} m")
+    _refuse_beyond(name, "Gaussian", np.exp(np.minimum(log_scale.max(axis=1), 50.0)), np.exp(_DAMAGED_LOG_SCALE),
+                   "with a scale over 1 m", "scale_* holds ln(sigma), LAM's sigma is at most 0.01 m")
     rot = stack(("rot_0", "rot_1", "rot_2", "rot_3")).astype(np.float64)
     norm = np.linalg.norm(rot, axis=1)
     if norm.min() < 1e-8:
         raise LamZipError(f"{name}: Gaussian {int(np.argmin(norm))} has a zero rotation quaternion")
     logit = cols["opacity"].astype(np.float32)
     return {
-        "offset": stack(("x", "y", "z")),
+        "offset": offset,
         "rgb": np.clip(rgb, 0.0, 1.0),
         "opacity_logit": logit,
         "opacity": ply.logit_to_opacity(logit),
-        "scale": np.exp(stack(("scale_0", "scale_1", "scale_2")).astype(np.float64)).astype(np.float32),
+        "scale": np.exp(log_scale.astype(np.float64)).astype(np.float32),
         "rotation": (rot / norm[:, None]).astype(np.float32),
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadInputError
@@ -18,6 +19,8 @@ from .archive_paths import safe_member_path
 
 DEFAULT_MAX_MEMBER_BYTES = 512 << 20  # 512 MiB: a 80K-point LAM skin.glb is about 15 MB
 _CHUNK = 1 << 20
+# What zipfile raises on damaged bytes (a broken download): a corrupt deflate stream is a zlib.error.
+_DAMAGE = (zipfile.BadZipFile, zlib.error, NotImplementedError, ValueError, OSError, EOFError)
 
 
 def is_junk(path: PurePosixPath) -> bool:
@@ -41,7 +44,7 @@ class SafeZip:
             raise BadInputError(f"{what} not found: {self.path}")
         try:
             self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except _DAMAGE as exc:
             raise BadInputError(f"{self.path}: not a ZIP archive ({exc}); expected a {what}") from None
         self.files: dict[PurePosixPath, zipfile.ZipInfo] = {}
         self.dirs: list[PurePosixPath] = []
@@ -87,6 +90,6 @@ class SafeZip:
                         raise BadInputError(f"{self.path}: {member} inflates past {limit >> 20} MiB (its header said "
                                             f"{info.file_size} bytes); refusing a zip bomb")
                     parts.append(chunk)
-        except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
+        except _DAMAGE as exc:
             raise BadInputError(f"{self.path}: {member} cannot be read ({exc}); the {self.what} is damaged") from None
         return b"".join(parts)
