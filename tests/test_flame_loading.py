@@ -13,6 +13,7 @@ from factories.flame import (
     Py2Global,
     Py2Object,
     chumpy,
+    csc_matrix,
     lam_buffers,
     make_flame_arrays,
     make_flame_model,
@@ -23,7 +24,7 @@ from factories.flame import (
 
 from backend.core.errors import BadInputError
 from backend.flame import FlameModel, faces_from_subdivided, load_flame, load_pickled_npy, restricted_loads
-from backend.flame.restricted_pickle import NUMPY_ALLOWED
+from backend.flame.restricted_pickle import NUMPY_ALLOWED, to_plain
 
 
 def _assert_model_equals_arrays(m: FlameModel, a: dict, n_shape: int) -> None:
@@ -278,3 +279,50 @@ def test_restricted_loads_reads_python3_numpy_pickles():
         got = restricted_loads(pickle.dumps(obj, protocol=proto), NUMPY_ALLOWED)
         np.testing.assert_array_equal(got["a"], obj["a"])
         assert got["s"] == 2.5 and got["t"] == {1, 2}
+
+
+class _Reduces:
+    """Pickles as whatever ``__reduce__`` tuple it is given (to write states numpy itself never writes)."""
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def test_dtype_states_are_checked_not_applied():
+    """numpy applies a pickled dtype state unchecked (an item size or flags that disagree with the type
+    corrupt memory); the restricted reader takes only the byte order and refuses the rest."""
+    be = np.arange(6, dtype=">i4").reshape(2, 3)
+    b2 = be[::-1].copy()
+    assert b2.dtype is be.dtype  # one dtype object: the pickle memoises it, the second array gets it by reference
+    for proto in (2, 4):
+        got = restricted_loads(pickle.dumps({"a": be, "b": b2}, protocol=proto), NUMPY_ALLOWED)
+        np.testing.assert_array_equal(got["a"], be)  # the byte order applied (numpy then swaps to native)
+        np.testing.assert_array_equal(got["b"], b2)
+    # object flags on a plain uint32 (numpy would treat its bytes as references): the type's own flags are kept
+    flagged = _Reduces(np.dtype, ("u4", False, True), (3, "<", None, None, None, -1, -1, 63))
+    got = restricted_loads(pickle.dumps(flagged, protocol=2), NUMPY_ALLOWED)
+    assert got == np.dtype("u4") and got.flags == np.dtype("u4").flags == 0
+    lying = _Reduces(np.dtype, ("f4", False, True), (3, "<", None, None, None, 8, 8, 0))  # a 4-byte type, 8-byte items
+    with pytest.raises(BadInputError, match=r"refused a float32 dtype state"):
+        restricted_loads(pickle.dumps(lying, protocol=2), NUMPY_ALLOWED)
+    with pytest.raises(BadInputError, match=r"refused dtype 'V8'"):
+        restricted_loads(pickle.dumps(np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")]), protocol=2), NUMPY_ALLOWED)
+    with pytest.raises(BadInputError, match=r"refused dtype \[\('a', 'f4'\)\]"):
+        restricted_loads(pickle.dumps(_Reduces(np.dtype, ([("a", "f4")],)), protocol=2), NUMPY_ALLOWED)
+
+
+def test_an_inconsistent_sparse_matrix_is_refused(tmp_path):
+    a = make_flame_arrays()
+    path = write_flame_pickle(tmp_path / "flame.pkl", a)
+    good = load_flame(path)
+    np.testing.assert_allclose(good.j_regressor, a["J_regressor"], rtol=1e-12)
+    bad = csc_matrix(a["J_regressor"])
+    indptr = bad.state["indptr"].copy()
+    indptr[1], indptr[2] = indptr[2], indptr[1]  # a column with a negative count
+    assert (np.diff(indptr) < 0).any() and indptr[-1] == bad.state["data"].size
+    bad.state["indptr"] = indptr
+    with pytest.raises(BadInputError, match="sparse .CSC. matrix in the FLAME file is inconsistent"):
+        to_plain(restricted_loads(py2_pickle_bytes({"J_regressor": bad})))

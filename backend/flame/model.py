@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..core.atomic_write import atomic_path
 from ..core.errors import BadInputError
+from ..core.formats.npz_arrays import NpzError, read_npz
 from .restricted_pickle import restricted_loads, to_plain
 from .subdivide import faces_from_subdivided, plan_subdivision
 
@@ -91,7 +91,8 @@ class FlameModel:
         weights, kintree_table, f) or LAM checkpoint buffer names (with or without the
         ``renderer.flame_model.`` prefix: posedirs P,V*3, parents, lbs_weights, and no original
         faces: they are recovered from ``faces_up``)."""
-        a = {(k[len(LAM_PREFIX) :] if k.startswith(LAM_PREFIX) else k): v for k, v in arrays.items()}
+        a = {(k[len(LAM_PREFIX) :] if k.startswith(LAM_PREFIX) else k): v for k, v in arrays.items()
+             if isinstance(k, str)}  # other keys (a damaged pickle's) name nothing FLAME has
 
         def get(*names: str) -> Any:
             for n in names:
@@ -153,12 +154,9 @@ class FlameModel:
         """Our own ``.npz`` (see :meth:`save_npz`), or an npz of LAM buffer names (n_shape 300)."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise BadInputError(f"FLAME file '{path}' not found") from None
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise BadInputError(f"FLAME file '{path}' is not a readable .npz ({exc})") from None
+            arrays = read_npz(path)
+        except NpzError as exc:
+            raise BadInputError(f"FLAME file '{path}': {exc.problem}") from None
         if "format" in arrays and str(arrays["format"]) == _NPZ_FORMAT:
             def build() -> FlameModel:
                 m = cls(
@@ -301,7 +299,8 @@ def _float(key: str, value: Any, dtype: Any = np.float32) -> np.ndarray:
     a = np.asarray(value)
     if a.dtype.kind not in "fiu":
         raise BadInputError(f"FLAME model: '{key}' must be numeric, got {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=dtype)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+        a = np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(a).all():
         raise BadInputError(f"FLAME model: '{key}' contains NaN or infinite values")
     return a

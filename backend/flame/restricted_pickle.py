@@ -4,6 +4,11 @@ A pickle can name any importable callable (``os.system``, ``builtins.eval``...) 
 the unpickler calls it. Here the unpickler resolves names only from an allow-list of
 plain-data classes and refuses everything else before anything runs.
 
+Allowed names are not enough on their own: numpy applies a pickled dtype state unchecked, so
+a plain ``uint32`` can be told it holds object references (its bytes then read as pointers).
+The pure-Python unpickler is used so that BUILD on a dtype can be intercepted: only the byte
+order is taken, numpy's own item size and flags are kept, structures are refused.
+
 The official FLAME pickles were written by Python 2 with chumpy and scipy objects in
 them. Neither library is imported: ``chumpy.ch.Ch`` and ``scipy.sparse`` CSC matrices
 are rebuilt as stand-ins that only capture their pickled state, then turned into
@@ -15,14 +20,15 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib import format as npy_format
 
 from ..core.errors import BadInputError
+from ..core.formats.npz_arrays import NpzError, npy_data, npy_header
 
 
 class ChumpyStandIn:
@@ -55,8 +61,11 @@ class CscMatrixStandIn:
             indptr = np.asarray(st["indptr"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInputError(f"a sparse matrix in the FLAME file is incomplete ({exc})") from None
+        if len(shape) != 2 or min(shape) < 0:
+            raise BadInputError(f"a sparse (CSC) matrix in the FLAME file has the shape {shape}")
         rows, cols = shape
-        if len(shape) != 2 or indptr.shape != (cols + 1,) or indices.shape != data.shape or indptr[-1] != data.size:
+        if (indptr.shape != (cols + 1,) or indices.shape != data.shape or indptr[0] != 0 or indptr[-1] != data.size
+                or (np.diff(indptr) < 0).any()):
             raise BadInputError("a sparse (CSC) matrix in the FLAME file is inconsistent")
         if data.size and (indices.min() < 0 or indices.max() >= rows):
             raise BadInputError("a sparse (CSC) matrix in the FLAME file has row indices out of range")
@@ -80,6 +89,29 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode(encoding)
 
 
+def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype`` as pickles call it, for plain (non-structured) type codes only."""
+    if not isinstance(spec, str):
+        raise BadInputError(f"refused dtype {spec!r} in a pickle (only plain type codes are read)")
+    try:
+        dt = np.dtype(spec)
+    except TypeError as exc:
+        raise BadInputError(f"refused dtype {spec!r} in a pickle ({exc})") from None
+    if dt.fields is not None or dt.subdtype is not None or dt.kind not in "biufcSUO":
+        raise BadInputError(f"refused dtype {spec!r} in a pickle (only plain numbers, strings and objects)")
+    return dt
+
+
+def _dtype_from_state(dt: np.dtype, state: Any) -> np.dtype:
+    """What ``dt.__setstate__(state)`` would leave, without calling it: numpy applies such states
+    unchecked (an item size or flags that disagree with the type corrupt memory). Only the byte
+    order is taken; a structure, a subarray or another item size is refused."""
+    if not (isinstance(state, tuple) and len(state) >= 6 and state[1] in ("<", ">", "|", "=")
+            and all(x is None for x in state[2:5]) and state[5] in (-1, dt.itemsize)):
+        raise BadInputError(f"refused a {dt} dtype state {state!r} in a pickle (not a plain type's)")
+    return dt if state[1] in ("|", "=") or dt.byteorder == "|" else dt.newbyteorder(state[1])
+
+
 def _numpy_reconstruct(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise BadInputError(f"refused array subclass {subtype!r} in a pickle")
@@ -98,7 +130,7 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
 NUMPY_ALLOWED.update(
     {
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _numpy_dtype,
         ("_codecs", "encode"): _latin1_encode,
         ("copy_reg", "_reconstructor"): _reconstructor,
         ("copyreg", "_reconstructor"): _reconstructor,
@@ -121,11 +153,24 @@ FLAME_ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001  the pure-Python unpickler: its BUILD can be checked
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
+
     def __init__(self, fh: Any, allowed: Mapping[tuple[str, str], Any], what: str):
         super().__init__(fh, encoding="latin1")
         self._allowed = allowed
         self._what = what
+
+    def load_build(self) -> None:
+        inst = self.stack[-2]
+        if not isinstance(inst, np.dtype):
+            return super().load_build()
+        dt = _dtype_from_state(inst, self.stack.pop())
+        if dt is not inst:  # a byte order: the memo must hand out the same dtype as the stack
+            self.stack[-1] = dt
+            self.memo.update({k: dt for k, v in self.memo.items() if v is inst})
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -150,7 +195,8 @@ def restricted_loads(data: bytes, allowed: Mapping[tuple[str, str], Any] | None 
         return unpickler.load()
     except BadInputError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError, MemoryError, UnicodeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError, MemoryError,
+            OverflowError, RecursionError, struct.error) as exc:  # UnicodeError is a ValueError
         raise BadInputError(f"{what} is not a readable pickle ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from None
 
 
@@ -175,23 +221,16 @@ def load_pickled_npy(path: str | os.PathLike) -> Any:
     what = f"'{path}'"
     try:
         with path.open("rb") as fh:
-            version = npy_format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = npy_format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = npy_format.read_array_header_2_0(fh)
-            elif version == (3, 0):
-                shape, fortran, dtype = npy_format._read_array_header(fh, version)  # noqa: SLF001
-            else:
-                raise BadInputError(f"{what}: unsupported .npy version {version}")
+            shape, fortran, dtype = npy_header(fh)
             if not dtype.hasobject:
-                fh.seek(0)
-                return np.load(fh, allow_pickle=False)
+                return npy_data(fh, shape, fortran, dtype, path.stat().st_size - fh.tell())
             payload = fh.read()
     except FileNotFoundError:
         raise BadInputError(f"{what} not found") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadInputError(f"{what} is not a valid .npy file ({exc})") from None
+    except NpzError as exc:
+        raise BadInputError(f"{what} {exc.problem}; it is not a valid .npy file") from None
+    except OSError as exc:
+        raise BadInputError(f"{what} cannot be read ({exc})") from None
     arr = restricted_loads(payload, NUMPY_ALLOWED, what)
     if not isinstance(arr, np.ndarray):
         raise BadInputError(f"{what}: the pickled payload is a {type(arr).__name__}, not an array")
