@@ -35,7 +35,8 @@ def setup_main() -> Path:
     return environment.install(
         MAIN_VENV,
         ["-e", f"{ROOT}[backend,blender,test,cluster]"],
-        stamp_inputs=[ROOT / "pyproject.toml", environment.REQUIREMENTS_FILE, ROOT / "backend" / "requirements-cluster.txt"],
+        stamp_inputs=[ROOT / "pyproject.toml", environment.REQUIREMENTS_FILE, ROOT / "backend" / "requirements-cluster.txt",
+                      ROOT / "tests" / "requirements.txt", ROOT / "tests" / "requirements-blender.txt"],
     )
 
 

@@ -18,7 +18,8 @@ from test_diff_render import _scene, _t
 
 from backend.render import default_head_camera, gsplat_diff
 from backend.render import diff_render as dr
-from backend.render.gsplat_rasterizer import gsplat_status
+from backend.render.cpu_rasterizer import EPS2D
+from backend.render.gsplat_rasterizer import gsplat_status, rasterization_kwargs
 
 _OK, _WHY = gsplat_status()
 needs_gsplat = pytest.mark.skipif(not _OK, reason=f"gsplat renderer unavailable: {_WHY}")
@@ -71,6 +72,48 @@ def test_plumbing_equals_the_cpu_renderer_through_a_stand_in(monkeypatch, backgr
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert calls[0]["backgrounds"] is None, "the background is composited outside gsplat"
+
+
+def _gsplat_reference():
+    """gsplat's pure-PyTorch reference implementation (its own test oracle; runs on the CPU)."""
+    try:
+        from gsplat.cuda import _torch_impl
+    except ImportError as exc:
+        pytest.skip(f"gsplat is not installed ({exc}): tests/requirements.txt installs it for this CPU check")
+    return _torch_impl
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_adapter_arguments_project_as_gsplats_own_reference_does(dtype):
+    """Exactly the arguments the CUDA adapter hands ``gsplat.rasterization``, fed to gsplat's reference
+    projection, give our projection's 2D means, conics and depths, with the same gradients: quaternion order,
+    scales as standard deviations, the world-to-camera view matrix, K, eps2d and the field-of-view clamp
+    follow gsplat's own maths, checked without a GPU."""
+    ref = _gsplat_reference()
+    means, quats, scales, opac, rgb = _scene(300, seed=21)
+    means = means.copy()
+    means[:25] *= 10.0  # far off to the sides: the Jacobian's field-of-view clamp acts on these
+    cam = default_head_camera(means[25:], (80, 64), azimuth_deg=30, elevation_deg=-10)
+    args = _t((means, quats, scales, opac, rgb), dtype, grad=True)
+    kw = rasterization_kwargs(*args, cam, EPS2D)
+    covars, _ = ref._quat_scale_to_covar_preci(kw["quats"], kw["scales"], compute_preci=False)
+    _, means2d, depths, conics, _ = ref._fully_fused_projection(
+        kw["means"], covars, kw["viewmats"], kw["Ks"], kw["width"], kw["height"], eps2d=kw["eps2d"],
+        near_plane=kw["near_plane"], far_plane=kw["far_plane"], camera_model=kw["camera_model"])
+    u, v, conic, _, z = dr.project(*args[:3], cam, eps2d=EPS2D)
+    ours = (torch.stack([u, v], -1), conic, z)
+    theirs = (means2d[0], conics[0], depths[0])
+    off_view = (u < 0) | (u > cam.width) | (v < 0) | (v > cam.height)
+    assert int(off_view.sum()) >= 10, "the scene must exercise the clamp"
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-4)
+    for name, a, b in zip(("means2d", "conics", "depths"), ours, theirs):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    weights = [torch.linspace(-1, 1, t.numel(), dtype=dtype).reshape(t.shape) for t in theirs]
+    g_ours = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ours, weights)), args[:3])
+    g_theirs = torch.autograd.grad(sum((b * w).sum() for b, w in zip(theirs, weights)), args[:3])
+    for name, a, b in zip(("means", "quats", "scales"), g_ours, g_theirs):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 @pytest.mark.cuda

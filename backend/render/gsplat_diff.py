@@ -15,35 +15,17 @@ gsplat and CUDA are needed at call time only; this module imports without them.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
 from .camera import PinholeCamera
-from .cpu_rasterizer import EPS2D, TILE
+from .cpu_rasterizer import EPS2D
 from .diff_render import DiffRenderOutput
+from .gsplat_rasterizer import rasterization_kwargs, rasterize
 
 
 def _rasterize(means, quats, scales, opacities, colors, camera: PinholeCamera, eps2d: float):
-    import gsplat
-
-    dev, dt = means.device, means.dtype
-    kwargs = dict(
-        means=means, quats=quats, scales=scales, opacities=opacities.reshape(-1), colors=colors,
-        viewmats=torch.as_tensor(np.asarray(camera.world_to_camera, np.float32), device=dev, dtype=dt)[None],
-        Ks=torch.as_tensor(np.asarray(camera.K, np.float32), device=dev, dtype=dt)[None],
-        width=camera.width, height=camera.height, near_plane=float(camera.near), far_plane=float(camera.far),
-        radius_clip=0.0, eps2d=float(eps2d), packed=True, tile_size=TILE, backgrounds=None,
-        render_mode="RGB+ED", rasterize_mode="classic", camera_model="pinhole",
-    )
-    accepted = inspect.signature(gsplat.rasterization).parameters
-    dropped = [k for k in kwargs if k not in accepted]
-    if any(k not in ("camera_model", "radius_clip") for k in dropped):  # those two only repeat the defaults
-        raise RuntimeError(f"this gsplat version does not accept {dropped}; install gsplat >= 1.3")
-    render, alphas, meta = gsplat.rasterization(**{k: v for k, v in kwargs.items() if k in accepted})
-    ids = meta.get("gaussian_ids") if isinstance(meta, dict) else None
-    return render[0], alphas[0, ..., 0], (int(ids.numel()) if ids is not None else -1)
+    return rasterize(rasterization_kwargs(means, quats, scales, opacities, colors, camera, eps2d))
 
 
 def render(

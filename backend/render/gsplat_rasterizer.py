@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .camera import PinholeCamera
 from .cpu_rasterizer import EPS2D, TILE, RasterResult
 
 
@@ -48,6 +49,37 @@ def _tensor(x, device, torch):
     return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
 
 
+def rasterization_kwargs(means, quats_wxyz, scales, opacities, colors, camera: PinholeCamera, eps2d: float = EPS2D) -> dict:
+    """The arguments of ``gsplat.rasterization`` in our conventions: torch tensors on one device (means N,3;
+    quats N,4 wxyz; scales N,3 standard deviations; opacities N in [0, 1]; colors N,3), the camera as a
+    world-to-camera ``viewmats`` 1,4,4 and pinhole ``Ks`` 1,3,3 in the means' dtype."""
+    import torch
+
+    dev, dt = means.device, means.dtype
+    return dict(
+        means=means, quats=quats_wxyz, scales=scales, opacities=opacities.reshape(-1), colors=colors,
+        viewmats=torch.as_tensor(np.asarray(camera.world_to_camera, np.float64), device=dev, dtype=dt)[None],
+        Ks=torch.as_tensor(np.asarray(camera.K, np.float64), device=dev, dtype=dt)[None],
+        width=int(camera.width), height=int(camera.height), near_plane=float(camera.near), far_plane=float(camera.far),
+        radius_clip=0.0, eps2d=float(eps2d), packed=True, tile_size=TILE, backgrounds=None,
+        render_mode="RGB+ED", rasterize_mode="classic", camera_model="pinhole",
+    )
+
+
+def rasterize(kwargs: dict):
+    """``gsplat.rasterization(**kwargs)`` -> (render H,W,4: premultiplied RGB + expected depth, alpha H,W,
+    visible Gaussian count or -1), after checking this gsplat version takes every argument."""
+    import gsplat
+
+    accepted = inspect.signature(gsplat.rasterization).parameters
+    dropped = [k for k in kwargs if k not in accepted]
+    if any(k not in ("camera_model", "radius_clip") for k in dropped):  # those two only repeat the defaults
+        raise RuntimeError(f"this gsplat version does not accept {dropped}; install gsplat >= 1.3")
+    render, alphas, meta = gsplat.rasterization(**{k: v for k, v in kwargs.items() if k in accepted})
+    ids = meta.get("gaussian_ids") if isinstance(meta, dict) else None  # packed mode: one entry per visible Gaussian
+    return render[0], alphas[0, ..., 0], (int(ids.numel()) if ids is not None else -1)
+
+
 def rasterize_gsplat(
     means,
     quats_wxyz,
@@ -70,43 +102,14 @@ def rasterize_gsplat(
     """Render with ``gsplat.rasterization``. Inputs: numpy arrays or torch tensors
     (means N,3; quats N,4 wxyz; scales N,3; opacities N; colors N,3). Returns
     premultiplied colour, alpha and expected depth as float32 numpy arrays."""
-    import gsplat
     import torch
 
     dev = torch.device(device)
-    viewmats = torch.as_tensor(np.asarray(world_to_camera, dtype=np.float32), device=dev)[None]
-    ks = torch.as_tensor(np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float32), device=dev)[None]
-    kwargs = dict(
-        means=_tensor(means, dev, torch),
-        quats=_tensor(quats_wxyz, dev, torch),
-        scales=_tensor(scales, dev, torch),
-        opacities=_tensor(opacities, dev, torch).reshape(-1),
-        colors=_tensor(colors, dev, torch),
-        viewmats=viewmats,
-        Ks=ks,
-        width=int(width),
-        height=int(height),
-        near_plane=float(near),
-        far_plane=float(far),
-        radius_clip=0.0,
-        eps2d=float(eps2d),
-        packed=True,
-        tile_size=TILE,
-        backgrounds=None,
-        render_mode="RGB+ED",
-        rasterize_mode="classic",
-        camera_model="pinhole",
-    )
-    accepted = inspect.signature(gsplat.rasterization).parameters
-    dropped = [k for k in kwargs if k not in accepted]
-    if any(k not in ("camera_model", "radius_clip") for k in dropped):  # those two only repeat the defaults
-        raise RuntimeError(f"this gsplat version does not accept {dropped}; install gsplat >= 1.3")
+    camera = PinholeCamera(int(width), int(height), fx, fy, cx, cy, world_to_camera, near=near, far=far)
+    tensors = [_tensor(x, dev, torch) for x in (means, quats_wxyz, scales, opacities, colors)]
     with torch.no_grad():
-        render, alphas, meta = gsplat.rasterization(**{k: v for k, v in kwargs.items() if k in accepted})
-    render = render[0].float().cpu().numpy()  # H,W,4: premultiplied RGB + expected depth
-    alpha = alphas[0, ..., 0].float().cpu().numpy()
-    ids = meta.get("gaussian_ids") if isinstance(meta, dict) else None  # packed mode: one entry per visible Gaussian
-    n_visible = int(ids.numel()) if ids is not None else -1
+        render, alpha, n_visible = rasterize(rasterization_kwargs(*tensors, camera, eps2d))
+    render, alpha = render.float().cpu().numpy(), alpha.float().cpu().numpy()
     return RasterResult(
         np.ascontiguousarray(render[..., :3], dtype=np.float32),
         np.ascontiguousarray(alpha, dtype=np.float32),
