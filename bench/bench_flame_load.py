@@ -11,7 +11,7 @@ import argparse
 import pickle
 import sys
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,22 +31,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_flame_pickle(Path(tmp) / "flame.pkl", arrays)
         data = path.read_bytes()
-        restricted = min(_timed(lambda: restricted_loads(data)) for _ in range(args.repeats))
-        full = min(_timed(lambda: load_flame(path)) for _ in range(args.repeats))
+        restricted = min(timeit.repeat(lambda: restricted_loads(data), number=1, repeat=args.repeats))
+        full = min(timeit.repeat(lambda: load_flame(path), number=1, repeat=args.repeats))
     # the stock unpickler only on plain numpy content we made ourselves (it would run anything)
     plain = pickle.dumps({k: v for k, v in arrays.items()}, protocol=2)
-    stock = min(_timed(lambda: pickle.loads(plain)) for _ in range(args.repeats))
-    ours_plain = min(_timed(lambda: restricted_loads(plain, NUMPY_ALLOWED)) for _ in range(args.repeats))
+    stock = min(timeit.repeat(lambda: pickle.loads(plain), number=1, repeat=args.repeats))
+    ours_plain = min(timeit.repeat(lambda: restricted_loads(plain, NUMPY_ALLOWED), number=1, repeat=args.repeats))
     print(f"official-structure pickle {len(data) / 1e6:.1f} MB: restricted unpickling {restricted * 1e3:.1f} ms, "
           f"load_flame (unpickle + checks) {full * 1e3:.1f} ms")
     print(f"plain numpy pickle {len(plain) / 1e6:.1f} MB: stock pickle.loads {stock * 1e3:.1f} ms, "
           f"restricted {ours_plain * 1e3:.1f} ms")
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

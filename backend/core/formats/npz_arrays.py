@@ -27,6 +27,7 @@ DEFAULT_MAX_BYTES = 4 << 30  # all members inflated: 4 GiB, several times the la
 _DAMAGE = (ValueError, TypeError, SyntaxError, tokenize.TokenError, EOFError, OSError,
            zipfile.BadZipFile, zlib.error, NotImplementedError)
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_CHUNK = 1 << 18
 
 
 class NpzError(ValueError):
@@ -113,11 +114,18 @@ def npy_data(fh: BinaryIO, shape: tuple[int, ...], fortran: bool, dtype: np.dtyp
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes != available:
         raise NpzError(f"is damaged: its header declares {nbytes} bytes of data, it holds {available}")
-    data = bytearray(nbytes)
     try:
-        if fh.readinto(data) != nbytes or fh.read(1):  # reading to the end checks a zip member's CRC
-            raise NpzError("is damaged: it ends early")
-        return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        flat = np.empty(math.prod(shape), dtype=dtype)  # the size was checked above
+        out, done = memoryview(flat.view(np.uint8)), 0
+        while done < nbytes:  # in chunks, as np.load does: one large zip read concatenates its pieces
+            chunk = fh.read(min(_CHUNK, nbytes - done))
+            if not chunk:
+                raise NpzError("is damaged: it ends early")
+            out[done:done + len(chunk)] = chunk
+            done += len(chunk)
+        if fh.read(1):  # reading to the end checks a zip member's CRC
+            raise NpzError("is damaged: it holds more than its header declares")
+        return flat.reshape(shape, order="F" if fortran else "C")
     except _DAMAGE as exc:
         raise NpzError(f"is damaged ({type(exc).__name__}: {exc})") from None
 
