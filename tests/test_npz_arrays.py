@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,20 @@ def test_reads_what_np_load_reads(tmp_path, compressed):
             assert np.array_equal(got[k], ref[k]) and got[k].flags.writeable
     assert got["f64_fortran"].flags.f_contiguous
     assert {k: v.tobytes() for k, v in read_npz(path.read_bytes()).items()} == {k: v.tobytes() for k, v in got.items()}
+
+
+SHARED_NPZ = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "fixtures").glob("**/*.npz"))
+
+
+@pytest.mark.skipif(not SHARED_NPZ, reason="no .npz in ../shared/fixtures (shared/ absent)")
+@pytest.mark.parametrize("path", SHARED_NPZ, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_shared_fixtures_read_as_np_load_reads_them(path):
+    """Files written elsewhere (the official pipeline's golden data), not by our own save path."""
+    got = read_npz(path)
+    with np.load(path, allow_pickle=False) as ref:
+        assert sorted(got) == sorted(ref.files)
+        for k in ref.files:
+            assert got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k]), k
 
 
 def test_a_header_claiming_terabytes_is_refused_without_allocating(tmp_path):
