@@ -111,3 +111,105 @@ def test_bad_paths(tmp_path):
     (tmp_path / "m.json").write_text("{}")
     with pytest.raises(BadInputError, match="expected a folder"):
         load_motion(tmp_path / "m.json")
+
+
+# Other trackers' names: smplx's FLAME layer, DECA/EMOCA, SMIRK, packed full poses.
+
+
+def _stacked(n_frames: int, n_expr: int = 100) -> dict[str, np.ndarray]:
+    frames = [_frame(i, n_expr) for i in range(n_frames)]
+    return {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}
+
+
+def _assert_same_pose(got: FlamePose, want: dict[str, np.ndarray], fields=None):
+    eyes = want["eyes_pose"]
+    expected = {"expr": want["expr"], "rotation": want["rotation"], "neck": want["neck_pose"],
+                "jaw": want["jaw_pose"], "eye_l": eyes[:, :3], "eye_r": eyes[:, 3:], "translation": want["translation"]}
+    for name in fields or expected:
+        np.testing.assert_array_equal(getattr(got, name), expected[name], err_msg=name)
+
+
+def test_smplx_flame_layer_names_read_as_the_official_ones(tmp_path):
+    a = _stacked(5)
+    np.savez(tmp_path / "official.npz", **a)
+    np.savez(tmp_path / "smplx.npz", global_orient=a["rotation"], neck_pose=a["neck_pose"], jaw_pose=a["jaw_pose"],
+             leye_pose=a["eyes_pose"][:, :3], reye_pose=a["eyes_pose"][:, 3:], expression=a["expr"],
+             transl=a["translation"], betas=a["shape"])
+    official = load_motion(tmp_path / "official.npz", n_expr=100)
+    with pytest.warns(UserWarning):
+        renamed = load_motion(tmp_path / "smplx.npz", n_expr=100)
+    _assert_same_pose(renamed.pose, a)
+    _assert_same_pose(official.pose, a)
+    np.testing.assert_array_equal(renamed.shape, official.shape)
+    assert not official.warnings
+    assert {"'global_orient' read as 'rotation'", "'expression' read as 'expr'", "'transl' read as 'translation'", "'betas' read as 'shape'",
+            "'leye_pose', 'reye_pose' read as 'eyes_pose'"} <= set(renamed.warnings)
+
+
+def _packed_case(kind: str, a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """(file arrays, the pose fields they carry) for one tracker's packing, built from FLAME's joint order."""
+    g, n, j, e = a["rotation"], a["neck_pose"], a["jaw_pose"], a["eyes_pose"]
+    if kind == "full_pose":  # smplx FlameOutput.full_pose: global, neck, jaw, left eye, right eye
+        return {"full_pose": np.concatenate([g, n, j, e], 1), "expr": a["expr"]}, ("rotation", "neck", "jaw", "eye_l", "eye_r")
+    if kind == "full_pose_joints":  # the same as T,5,3
+        return {"full_pose": np.stack([g, n, j, e[:, :3], e[:, 3:]], 1), "expr": a["expr"]}, ("rotation", "neck", "jaw", "eye_l", "eye_r")
+    if kind == "deca":  # DECA/EMOCA codes: posecode = global + jaw
+        return {"posecode": np.concatenate([g, j], 1), "expcode": a["expr"], "shapecode": a["shape"][:, :100]}, ("rotation", "jaw")
+    assert kind == "smirk"  # SMIRK: global in pose_params, the jaw apart
+    return {"pose_params": g, "jaw_params": j, "expression_params": a["expr"]}, ("rotation", "jaw")
+
+
+@pytest.mark.parametrize("kind", ["full_pose", "full_pose_joints", "deca", "smirk"])
+def test_packed_poses_unpack_in_flame_joint_order(tmp_path, kind):
+    a = _stacked(6, n_expr=50)
+    arrays, carried = _packed_case(kind, a)
+    np.savez(tmp_path / "m.npz", **arrays)
+    with pytest.warns(UserWarning):
+        motion = load_motion(tmp_path / "m.npz", n_expr=100)
+    _assert_same_pose(motion.pose, a, carried)
+    np.testing.assert_array_equal(motion.pose.expr[:, :50], a["expr"])
+    assert (motion.pose.expr[:, 50:] == 0).all()
+    for field in {"rotation", "neck", "jaw", "eye_l", "eye_r", "translation"} - set(carried):
+        assert (getattr(motion.pose, field) == 0).all(), field  # what the file does not carry stays neutral
+    assert any("read as" in w for w in motion.warnings)
+
+
+def test_official_names_win_over_other_names(tmp_path):
+    a = _stacked(3)
+    np.savez(tmp_path / "m.npz", **a, expression=a["expr"] + 1, full_pose=np.ones((3, 15), np.float32))
+    with pytest.warns(UserWarning):
+        motion = load_motion(tmp_path / "m.npz")
+    _assert_same_pose(motion.pose, a)
+    assert "'expr' used, 'expression' ignored" in motion.warnings
+    assert "'full_pose' ignored: its joints are given separately" in motion.warnings
+
+
+def test_a_folder_of_renamed_per_frame_files(tmp_path):
+    folder = tmp_path / "flame_param"
+    folder.mkdir()
+    frames = [_frame(i, 20) for i in range(11)]
+    for i, f in enumerate(frames):
+        np.savez(folder / f"{i}.npz", expression=f["expr"], global_orient=f["rotation"], jaw_pose=f["jaw_pose"])
+    with pytest.warns(UserWarning):
+        motion = load_motion(tmp_path, n_expr=20)
+    assert "'expression' read as 'expr'" in motion.warnings
+    np.testing.assert_array_equal(motion.pose.rotation[10], frames[10]["rotation"][0])
+    np.testing.assert_array_equal(motion.pose.expr[2], frames[2]["expr"][0])
+    assert (motion.pose.neck == 0).all()
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"leye_pose": np.zeros((4, 3)), "reye_pose": np.zeros((5, 3))}, "'leye_pose' and 'reye_pose' must both be"),
+        ({"pose": np.zeros((4, 7))}, r"no FLAME parameters found \(keys: pose\)"),
+        ({"expression": np.array(["a", "b"])}, r"'expression' \(read as 'expr'\) must hold numbers"),
+        ({"expr": np.zeros((4, 10)), "transl": np.zeros((4, 2))}, r"'transl' \(read as 'translation'\) has shape \(4, 2\)"),
+        ({"expression": np.zeros((4, 10)), "full_pose": np.zeros((3, 15))}, r"'full_pose' \(its rotation\) has 3 frames "
+                                                                           r"but 'expression' \(read as 'expr'\) has 4"),
+    ],
+)
+def test_renamed_arrays_that_are_wrong_are_named_as_the_file_names_them(tmp_path, arrays, message):
+    np.savez(tmp_path / "m.npz", **arrays)
+    with pytest.raises(BadInputError, match=message):
+        load_motion(tmp_path / "m.npz")

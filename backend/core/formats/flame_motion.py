@@ -9,6 +9,14 @@ single ``.npz`` with the same names stacked over frames ([T, ...]), optionally
 with an ``fps`` scalar, and a ``.zip`` of either (read in memory through
 :class:`~.safe_zip.SafeZip`: checked names, OS junk skipped, bounded inflation).
 The Blender side uses this module too.
+
+Other FLAME trackers name the same parameters differently; those names are read too
+(:data:`ALIASES`): smplx's FLAME layer (``global_orient``, ``neck_pose``, ``jaw_pose``,
+``leye_pose``, ``reye_pose``, ``expression``, ``transl``, ``betas``), DECA/EMOCA
+(``expcode``, ``posecode`` = global + jaw, ``shapecode``), SMIRK (``expression_params``,
+``pose_params``, ``jaw_params``) and a packed ``full_pose`` in FLAME's joint order
+(global, neck, jaw, left eye, right eye). Each renaming is reported in the warnings, so
+a user sees how their file was read; the official names win where both are present.
 """
 
 from __future__ import annotations
@@ -32,6 +40,20 @@ DEFAULT_FPS = 30.0
 # file key -> (FlamePose field(s), width)
 _POSE_KEYS = {"rotation": 3, "neck_pose": 3, "jaw_pose": 3, "eyes_pose": 6, "translation": 3}
 KNOWN_KEYS = ("expr", *_POSE_KEYS)
+#: official name -> other trackers' names for the same array, tried in this order
+ALIASES: dict[str, tuple[str, ...]] = {
+    "expr": ("expression", "exp", "expcode", "expression_params"),
+    "rotation": ("global_orient", "global_pose", "root_pose"),
+    "neck_pose": ("neck",),
+    "jaw_pose": ("jaw", "jaw_params"),
+    "eyes_pose": ("eye_pose",),
+    "translation": ("transl", "trans"),
+    "shape": ("betas", "shapecode", "shape_params"),
+}
+#: packed axis-angle poses in FLAME's joint order, told apart by their width
+PACKED_POSES = ("full_pose", "pose", "posecode", "pose_params")
+_PACKED_FIELDS = {3: ("rotation",), 6: ("rotation", "jaw_pose"),
+                  15: ("rotation", "neck_pose", "jaw_pose", "eyes_pose")}
 
 
 @dataclass
@@ -63,42 +85,100 @@ def _read_npz(path: Path | str, data: bytes | None = None) -> dict[str, np.ndarr
         raise BadInputError(f"motion file {path}: {exc.problem}") from None
 
 
-def _frames_array(arrays: dict, key: str, width: int | None, path: Path, n_frames: int | None) -> np.ndarray | None:
-    """arrays[key] as float32 T,width (accepts [width] and [1,width] for one frame)."""
+def _frames_array(arrays: dict, key: str, width: int | None, path: Path, n_frames: int | None,
+                  called: dict[str, str]) -> np.ndarray | None:
+    """arrays[key] as float32 T,width (accepts [width] and [1,width] for one frame); ``called``: what
+    the file calls a renamed key, for the messages."""
     if key not in arrays:
         return None
+    name = called.get(key, f"'{key}'")
     a = np.asarray(arrays[key])
     if a.dtype.kind not in "fiu":
-        raise BadInputError(f"motion file {path}: '{key}' must hold numbers, got dtype {a.dtype}")
+        raise BadInputError(f"motion file {path}: {name} must hold numbers, got dtype {a.dtype}")
     if a.ndim == 1:
         a = a[None]
     if a.ndim == 3 and a.shape[1] == 1:  # [T,1,W] stacked per-frame arrays
         a = a[:, 0]
     if a.ndim != 2 or (width is not None and a.shape[1] != width):
         want = f"[T, {width}]" if width is not None else "[T, E]"
-        raise BadInputError(f"motion file {path}: '{key}' has shape {tuple(np.shape(arrays[key]))}, expected {want}")
+        raise BadInputError(f"motion file {path}: {name} has shape {tuple(np.shape(arrays[key]))}, expected {want}")
     if n_frames is not None and a.shape[0] != n_frames:
-        raise BadInputError(f"motion file {path}: '{key}' has {a.shape[0]} frames but 'expr' has {n_frames}")
+        raise BadInputError(f"motion file {path}: {name} has {a.shape[0]} frames but "
+                            f"{called.get('expr', repr('expr'))} has {n_frames}")
     a = a.astype(np.float32)
     if not np.isfinite(a).all():
-        raise BadInputError(f"motion file {path}: '{key}' contains NaN or infinite values")
+        raise BadInputError(f"motion file {path}: {name} contains NaN or infinite values")
     return a
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """A per-frame array as T rows: [W] -> [1,W]; [T,1,W] or [T,J,3] -> [T,W]."""
+    a = np.asarray(a)
+    if a.ndim == 1:
+        return a[None]
+    return a.reshape(a.shape[0], int(np.prod(a.shape[1:]))) if a.ndim == 3 else a
+
+
+def _official_names(arrays: dict, path: Path) -> tuple[dict, dict[str, str], list[str]]:
+    """The arrays under LAM's names (from :data:`ALIASES`, :data:`PACKED_POSES` and smplx's separate eye
+    poses), what each renamed one was called in the file (for messages), and a note per renaming.
+    Official names already present win."""
+    out = dict(arrays)
+    called: dict[str, str] = {}
+    notes: list[str] = []
+    for key, names in ALIASES.items():
+        found = [n for n in names if n in arrays]
+        if not found:
+            continue
+        if key in arrays:
+            notes.append(f"'{key}' used, '{found[0]}' ignored")
+            continue
+        out[key], called[key] = arrays[found[0]], f"'{found[0]}' (read as '{key}')"
+        notes.append(f"'{found[0]}' read as '{key}'" + (f", '{found[1]}' ignored" if len(found) > 1 else ""))
+    eyes = {n: _rows(arrays[n]) for n in ("leye_pose", "reye_pose") if n in arrays}
+    if eyes and "eyes_pose" not in out:
+        shapes = {e.shape for e in eyes.values()}
+        if len(shapes) > 1 or any(e.ndim != 2 for e in eyes.values()):
+            raise BadInputError(f"motion file {path}: 'leye_pose' and 'reye_pose' must both be [T, 3] "
+                                f"(got {', '.join(str(x) for x in shapes)})")
+        like = next(iter(eyes.values()))
+        out["eyes_pose"] = np.concatenate([eyes.get(n, np.zeros_like(like)) for n in ("leye_pose", "reye_pose")], 1)
+        called["eyes_pose"] = "'leye_pose', 'reye_pose' (read as 'eyes_pose')"
+        notes.append("'leye_pose', 'reye_pose' read as 'eyes_pose'" + ("" if len(eyes) == 2 else ", the missing eye zero"))
+    for name in (n for n in PACKED_POSES if n in arrays):
+        packed = _rows(arrays[name])
+        fields = _PACKED_FIELDS.get(packed.shape[1]) if packed.ndim == 2 else None
+        if fields is None:
+            notes.append(f"'{name}' ignored: shape {tuple(np.shape(arrays[name]))} is no FLAME pose "
+                         f"(3, 6 or 15 axis-angle values per frame)")
+            continue
+        taken, start = [], 0
+        for key in fields:
+            width = _POSE_KEYS[key]
+            if key not in out:
+                out[key], called[key] = packed[:, start:start + width], f"'{name}' (its {key})"
+                taken.append(key)
+            start += width
+        notes.append(f"'{name}' read as {', '.join(taken)}" if taken else f"'{name}' ignored: its joints are given separately")
+        break  # one packed pose is enough; a second would only disagree
+    return out, called, notes
 
 
 def _parse(arrays: dict, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str]]:
     """Validated T-stacked arrays for every known key (missing pose keys -> zeros)."""
+    arrays, called, notes = _official_names(arrays, path)
     present = [k for k in KNOWN_KEYS if k in arrays]
     if not present:
+        other = ", ".join(n for names in ALIASES.values() for n in names[:1])
         raise BadInputError(
             f"motion file {path}: no FLAME parameters found (keys: {', '.join(sorted(arrays)) or 'none'}); "
-            f"expected {', '.join(KNOWN_KEYS)} as in LAM's flame_param/*.npz"
+            f"expected {', '.join(KNOWN_KEYS)} as in LAM's flame_param/*.npz (or smplx/DECA names such as {other})"
         )
-    notes = []
-    expr = _frames_array(arrays, "expr", None, path, None)
+    expr = _frames_array(arrays, "expr", None, path, None, called)
     n = expr.shape[0] if expr is not None else None
     out: dict[str, np.ndarray] = {}
     for key, width in _POSE_KEYS.items():
-        a = _frames_array(arrays, key, width, path, n)
+        a = _frames_array(arrays, key, width, path, n, called)
         if a is not None and n is None:
             n = a.shape[0]
         out[key] = a
@@ -113,8 +193,11 @@ def _parse(arrays: dict, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray 
             out[k] = np.zeros((n, _POSE_KEYS[k]), np.float32)
     shape = None
     if "shape" in arrays:
-        s = np.asarray(arrays["shape"], dtype=np.float32)
-        shape = s.reshape(-1, s.shape[-1])[0] if s.ndim >= 1 and s.size else None
+        s = np.asarray(arrays["shape"])
+        if s.dtype.kind in "fiu" and s.ndim >= 1 and s.size:
+            shape = s.reshape(-1, s.shape[-1])[0].astype(np.float32)
+        else:
+            notes.append(f"{called.get('shape', repr('shape'))} ignored: not an array of numbers")
     return out, shape, notes
 
 
