@@ -49,7 +49,7 @@ PROP_JOINT_EXPR_DIRS = "lam_joint_expr_dirs"  # J*3*E floats, row-major (J,3,E)
 PROP_SHAPE_PARAMS = "lam_shape_params"  # S floats
 PROP_N_EXPR = "lam_n_expr"  # E
 PROP_ARKIT_NAMES = "lam_arkit_names"  # K ARKit shape-key names (the keys carry exactly these names)
-PROP_LAM_TEMPLATE = "lam_template_text"  # name of the Text datablock holding a LAM ZIP's template parts
+PROP_LAM_TEMPLATE = "lam_template_text"  # the Text holding a LAM ZIP's template parts (a name in older files)
 
 # ARKit weights are [0, 1]; the range leaves room for calibration scales and overshoot.
 ARKIT_SLIDER_RANGE = (-1.0, 2.0)

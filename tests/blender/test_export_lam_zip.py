@@ -110,7 +110,7 @@ def _register_template(home, path) -> None:
 def test_without_a_stored_template_the_registered_one_is_used(lam, real, tmp_path, no_registered_template):
     src = lam_zips.members(real)
     mesh_obj, _ = _import(real)
-    bpy.data.texts.remove(bpy.data.texts[mesh_obj["lam_template_text"]])
+    bpy.data.texts.remove(mesh_obj["lam_template_text"])
     del mesh_obj["lam_template_text"]  # as an avatar made by `create` (no template of its own)
     _refused(tmp_path, "no LAM template for")
     _register_template(no_registered_template, real)
@@ -224,7 +224,7 @@ def test_no_template_is_refused(lam, tmp_path, avatar_file):
 
 def test_a_deleted_template_text_is_refused(lam, real, tmp_path):
     mesh_obj, _ = _import(real)
-    bpy.data.texts.remove(bpy.data.texts[mesh_obj["lam_template_text"]])
+    bpy.data.texts.remove(mesh_obj["lam_template_text"])
     _refused(tmp_path, "re-import the LAM ZIP")
 
 

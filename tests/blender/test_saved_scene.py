@@ -115,3 +115,47 @@ def test_a_lam_zip_avatar_with_an_arkit_take_exports_the_same_zip(lam, tmp_path,
     assert bpy.ops.lam_head.export_lam_zip(filepath=str(tmp_path / "after.zip")) == {"FINISHED"}
     a, b = lam_zips.members(tmp_path / "before.zip"), lam_zips.members(tmp_path / "after.zip")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), [k for k in a if a[k] != b.get(k)]
+
+
+def _template_texts() -> list[str]:
+    return sorted(t.name for t in bpy.data.texts if t.name.endswith(".lam_template"))
+
+
+@pytest.mark.skipif(not REAL, reason=f"no real LAM ZIP in {lam_zips.REAL_DIR}")
+def test_a_deleted_lam_zip_avatar_leaves_no_template_in_the_saved_file(lam, tmp_path, monkeypatch):
+    """The template (megabytes) is kept while an avatar uses it and dropped with the last one."""
+    monkeypatch.setenv("LAM_HEAD_HOME", str(tmp_path / "empty_home"))
+    names = []
+    for _ in range(2):
+        assert bpy.ops.lam_head.import_lam_zip(filepath=str(REAL[0])) == {"FINISHED"}
+        names.append(bpy.context.view_layer.objects.active.name)
+    assert len(_template_texts()) == 2
+    first = bpy.data.objects[names[0]]
+    for obj in (first, first.parent):
+        bpy.data.objects.remove(obj)
+    _reopen(tmp_path / "one.blend")
+    assert _template_texts() == [f"{names[1]}.lam_template"]
+    bpy.context.view_layer.objects.active = bpy.data.objects[names[1]]
+    assert bpy.ops.lam_head.export_lam_zip(filepath=str(tmp_path / "second.zip")) == {"FINISHED"}
+    second = bpy.data.objects[names[1]]
+    for obj in (second, second.parent):
+        bpy.data.objects.remove(obj)
+    _reopen(tmp_path / "none.blend")
+    assert _template_texts() == []
+
+
+@pytest.mark.skipif(not REAL, reason=f"no real LAM ZIP in {lam_zips.REAL_DIR}")
+def test_files_that_name_the_template_text_still_export(lam, tmp_path, monkeypatch):
+    """Earlier versions stored the text's name and gave the text a fake user."""
+    monkeypatch.setenv("LAM_HEAD_HOME", str(tmp_path / "empty_home"))
+    assert bpy.ops.lam_head.import_lam_zip(filepath=str(REAL[0])) == {"FINISHED"}
+    mesh_obj = bpy.context.view_layer.objects.active
+    assert bpy.ops.lam_head.export_lam_zip(filepath=str(tmp_path / "pointer.zip")) == {"FINISHED"}
+    text = mesh_obj["lam_template_text"]
+    text.use_fake_user = True
+    mesh_obj["lam_template_text"] = text.name
+    name = mesh_obj.name
+    _reopen(tmp_path / "old.blend")
+    bpy.context.view_layer.objects.active = bpy.data.objects[name]
+    assert bpy.ops.lam_head.export_lam_zip(filepath=str(tmp_path / "name.zip")) == {"FINISHED"}
+    assert lam_zips.members(tmp_path / "name.zip") == lam_zips.members(tmp_path / "pointer.zip")
