@@ -1,8 +1,8 @@
 """File > Import > LAM Head Motion: ``bpy.ops.lam_head.import_motion(filepath=...)`` keys a capture
 onto the active avatar (ours or an imported LAM web ZIP).
 
-By content and extension: Apple Live Link Face ``.csv``, ARKit and Audio2Face ``.json`` (shape keys by name,
-head / eye angles onto bones), FLAME motions (a ``flame_param/`` folder, one stacked ``.npz`` or a
+By content and extension: Apple Live Link Face and Audio2Face-3D ``.csv``, ARKit and Audio2Face
+``.json`` (shape keys by name, head / eye angles onto bones), FLAME motions (a ``flame_param/`` folder, one stacked ``.npz`` or a
 ``.zip`` of either: expression keys and bone rotations). The file is read and planned first
 (``backend/core/motion_channels.py``); only a good plan touches the scene.
 """
@@ -37,8 +37,8 @@ def _kind(path: Path) -> str:
         return "FLAME"
     if path.suffix.lower() in ARKIT_EXTENSIONS or arkit_track.sniff_arkit_track(path) is not None:
         return "ARKit"
-    raise errors.BadInputError(f"{path}: not a motion this add-on reads (Live Link Face .csv, ARKit or Audio2Face "
-                               ".json, FLAME flame_param/ folder, .npz or .zip)")
+    raise errors.BadInputError(f"{path}: not a motion this add-on reads (Live Link Face or Audio2Face-3D .csv, "
+                               "ARKit or Audio2Face .json, FLAME flame_param/ folder, .npz or .zip)")
 
 
 def _weighted(mesh_obj, joint: str) -> bool:
@@ -99,7 +99,7 @@ def import_motion(context, obj, filepath: str | Path, progress=None, **options) 
 
 
 class LAM_HEAD_OT_import_motion(bpy.types.Operator, ImportHelper):
-    """Key a facial capture (Live Link Face CSV, ARKit or Audio2Face JSON) or a FLAME motion onto the active avatar"""
+    """Key a facial capture (Live Link Face/Audio2Face-3D CSV, ARKit/Audio2Face JSON) or a FLAME motion on the avatar"""
 
     bl_idname = "lam_head.import_motion"
     bl_label = "Import LAM Head Motion"

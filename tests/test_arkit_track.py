@@ -1,6 +1,7 @@
 """ARKit tracks: Live Link Face CSVs written here from the format description (rates, drift, the FF
 wrap jump, BOM, CRLF, shuffled columns, head recorded or not), the real LAM ARKit JSON, Audio2Face's
-blendshape export, the LAM web calibration, and every kind of bad file refused with a message naming the file."""
+blendshape export, Audio2Face-3D's CSV, the LAM web calibration, and every kind of bad file refused
+with a message naming the file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories.live_link import PASCAL_NAMES, arkit_json, audio2face_json, live_link_csv, random_track, timecodes
+from factories.live_link import (
+    PASCAL_NAMES,
+    arkit_json,
+    audio2face_csv,
+    audio2face_json,
+    live_link_csv,
+    random_track,
+    timecodes,
+)
 
 from backend.core.errors import BadInputError
 from backend.core.formats.arkit_track import (
@@ -273,6 +282,68 @@ def test_bad_audio2face_files_are_refused_clearly(tmp_path, fields, message):
     with pytest.raises(BadInputError, match=message) as info:
         load_arkit_track(path)
     assert "Audio2Face JSON" in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("index", [False, True])
+@pytest.mark.parametrize("fps", [30, 60])
+def test_audio2face_3d_csv_reads_as_the_same_track_as_the_other_layouts(tmp_path, index, fps):
+    w, _, _ = random_track(45, seed=12, head=False, eyes=False)
+    perm = np.random.default_rng(12).permutation(52)
+    names = [PASCAL_NAMES[i] for i in perm] + ["TongueTwist"]
+    table = np.concatenate([w[:, perm], np.full((45, 1), 0.5)], axis=1)
+    path = audio2face_csv(tmp_path / "animation_frames.csv", table, names=names, fps=fps, index=index)
+    assert sniff_arkit_track(path) == "csv"
+    a2f3d = load_arkit_track(path)
+    lam = load_arkit_track(arkit_json(tmp_path / "lam.json", w, fps=fps))
+    assert a2f3d.names == lam.names == ARKIT_NAMES and a2f3d.fps == fps
+    assert a2f3d.head is None and a2f3d.eyes is None
+    np.testing.assert_array_equal(a2f3d.weights, _printed(w))
+    np.testing.assert_allclose(a2f3d.weights, lam.weights, atol=1e-7)
+    np.testing.assert_allclose(a2f3d.times, np.arange(45) / fps, atol=1e-6)
+    assert a2f3d.warnings == ["1 channel(s) that are not ARKit blendshapes ignored: TongueTwist"]
+    _, at_scene = a2f3d.resampled(fps, start_frame=1)
+    np.testing.assert_array_equal(at_scene.weights, a2f3d.weights)  # the scene's rate: the rows exactly
+    # a .txt name does not hide it, and a few channels are enough
+    few = load_arkit_track(audio2face_csv(tmp_path / "few.txt", w[:, [17, 0]], names=["JawOpen", "EyeBlinkLeft"]))
+    assert few.names == ("eyeBlinkLeft", "jawOpen")
+    np.testing.assert_array_equal(few.channel("jawOpen"), _printed(w[:, 17]))
+
+
+def test_audio2face_3d_csv_timing_notes(tmp_path):
+    w = np.full((6, 1), 0.25)
+    gap = load_arkit_track(audio2face_csv(tmp_path / "gap.csv", w, names=["JawOpen"],
+                                          times=np.array([0, 1, 2, 4, 5, 6]) / 30))
+    assert gap.fps == 30 and any("1 timeCode gap(s) (first at line 5" in x for x in gap.warnings)
+    np.testing.assert_allclose(gap.times, np.array([0, 1, 2, 4, 5, 6]) / 30, atol=1e-6)
+    one = load_arkit_track(audio2face_csv(tmp_path / "one.csv", w[:1], names=["JawOpen"]))
+    assert one.fps == 30 and any("single row" in x for x in one.warnings)
+
+
+BAD_A2F3D = [
+    (dict(times=np.array([0.0, 0.1, 0.1])), "timeCode goes backwards or repeats at line 4"),
+    (dict(names=["MouthSmile_L", "EyeBlink_L"]), "no ARKit blendshape names found"),
+    (dict(weights=np.array([[0.1, np.nan], [0.2, 0.3], [0.3, 0.4]])), "line 2, column blendShapes.EyeBlinkLeft: nan"),
+]
+
+
+@pytest.mark.parametrize("kw, message", BAD_A2F3D)
+def test_bad_audio2face_3d_csv_files_are_refused_clearly(tmp_path, kw, message):
+    kw = {"weights": np.full((3, 2), 0.5), "names": ["JawOpen", "EyeBlinkLeft"], **kw}
+    path = audio2face_csv(tmp_path / "bad.csv", **kw)
+    with pytest.raises(BadInputError, match=message) as info:
+        load_arkit_track(path)
+    assert "Audio2Face-3D CSV" in str(info.value) and str(path) in str(info.value)
+
+
+def test_an_audio2face_3d_csv_with_a_short_row_or_text_is_refused(tmp_path):
+    path = audio2face_csv(tmp_path / "a.csv", np.full((3, 2), 0.5), names=["JawOpen", "EyeBlinkLeft"])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1], lines[2].rsplit(",", 1)[0], lines[3]]))
+    with pytest.raises(BadInputError, match="line 3 has 2 values, the header 3"):
+        load_arkit_track(path)
+    path.write_text("\n".join([lines[0], lines[1].replace("0.5000000000", "high", 1), *lines[2:]]))
+    with pytest.raises(BadInputError, match="line 2, column blendShapes.JawOpen: 'high' is not a number"):
+        load_arkit_track(path)
 
 
 @pytest.mark.skipif(not REAL_JSON.is_file(), reason=f"{REAL_JSON} absent (shared/ fixtures not available)")

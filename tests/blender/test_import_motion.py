@@ -1,6 +1,7 @@
-"""Motion import in Blender: ARKit tracks (the real JSON, generated Live Link Face CSVs and
-Audio2Face exports) and FLAME sequences become keyframes on a real LAM ZIP avatar and on our own
-avatars; playback equals the track (1e-6) and the numpy rig (1e-5 m); bad files change nothing."""
+"""Motion import in Blender: ARKit tracks (the real JSON, generated Live Link Face CSVs,
+Audio2Face exports and Audio2Face-3D CSVs) and FLAME sequences become keyframes on a real LAM ZIP
+avatar and on our own avatars; playback equals the track (1e-6) and the numpy rig (1e-5 m); bad
+files change nothing."""
 
 from __future__ import annotations
 
@@ -134,6 +135,18 @@ def test_audio2face_export_keys_the_arkit_shapes_by_name(lam, tmp_path):
     want = weights[::2][:, [ARKIT_NAMES.index(n) for n in names]]
     np.testing.assert_allclose(_key_values(mesh_obj, names, frames), want, atol=1e-6)
 
+
+def test_an_audio2face_3d_csv_keys_the_arkit_shapes_by_name(lam, tmp_path):
+    _scene(30)
+    mesh_obj, _ = _our_avatar(tmp_path)
+    weights, _, _ = live_link.random_track(30, seed=8, head=False, eyes=False)
+    order = np.random.default_rng(8).permutation(52)
+    path = live_link.audio2face_csv(tmp_path / "animation_frames.csv", weights[:, order],
+                                    names=[live_link.PASCAL_NAMES[i] for i in order], fps=30, index=True)
+    assert bpy.ops.lam_head.import_motion(filepath=str(path)) == {"FINISHED"}
+    names = list(ARKIT_NAMES[:-1])
+    want = weights[:, [ARKIT_NAMES.index(n) for n in names]]
+    np.testing.assert_allclose(_key_values(mesh_obj, names, np.arange(1, 31)), want, atol=1e-6)
 
 def test_flame_sequence_plays_back_as_the_numpy_rig(lam, tmp_path):
     _scene(30)

@@ -1,6 +1,7 @@
-"""Apple Live Link Face CSVs, ARKit JSONs and Audio2Face JSONs for tests, written from the format
-descriptions (LAM_SPEC section 5; Audio2Face's documented export keys), not from one recording: any
-rate, timecode drift, BOM, CRLF, column order.
+"""Apple Live Link Face CSVs, ARKit JSONs, Audio2Face JSONs and Audio2Face-3D CSVs for tests, written
+from the format descriptions (LAM_SPEC section 5; Audio2Face's documented export keys; Audio2Face-3D's
+``timeCode,blendShapes.<Name>`` columns), not from one recording: any rate, timecode drift, BOM, CRLF,
+column order.
 """
 
 from __future__ import annotations
@@ -94,4 +95,20 @@ def audio2face_json(path: Path, weights: np.ndarray, names=ARKIT_NAMES, fps: flo
                     translations=[[[0.0, 0.0, 0.0]]] * int(weights.shape[0]))
     data.update(fields)
     path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def audio2face_csv(path: Path, weights: np.ndarray, names=PASCAL_NAMES, fps: float = 30.0, *,
+                   times: np.ndarray | None = None, index: bool = False, prefix: str = "blendShapes.") -> Path:
+    """Write Audio2Face-3D's ``animation_frames.csv``: ``timeCode`` in seconds (6 decimals, as its
+    clients print them), then one ``blendShapes.<Name>`` column per name; ``index`` puts an unnamed
+    row-number column first (a table written with its index)."""
+    n = weights.shape[0]
+    t = np.arange(n) / fps if times is None else np.asarray(times)
+    header = ["timeCode", *(prefix + name for name in names)]
+    rows = [[f"{t[i]:.6f}", *(f"{v:.10f}" for v in weights[i])] for i in range(n)]
+    if index:
+        header = ["", *header]
+        rows = [[str(i), *row] for i, row in enumerate(rows)]
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
     return path

@@ -10,6 +10,9 @@ Three layouts (the first two: LAM_SPEC section 5):
 * **Audio2Face blendshape JSON** (NVIDIA Audio2Face's export, the other common audio-to-expression
   tool): ``{"exportFps": 30, "numPoses": K, "numFrames": T, "facsNames": [...], "weightMat":
   [[K floats] x T]}``; its optional joint ``rotations``/``translations`` are not read.
+* **Audio2Face-3D CSV** (``animation_frames.csv`` of NVIDIA's Audio2Face-3D service and its
+  clients): ``timeCode,blendShapes.EyeBlinkLeft,...``, time codes in seconds, one row per frame,
+  sometimes after an unnamed index column (a table written with its row numbers).
 
 Channels come out in Apple's order (:data:`ARKIT_NAMES`) whatever the file's order, so a file
 with shuffled columns gives the same track. Names that are not ARKit's are left out with a
@@ -145,8 +148,9 @@ def _kind_of_text(text: str) -> str | None:
     head = text.lstrip("\ufeff \t\r\n")
     if head.startswith("{"):
         return "json"
-    first = head.split("\n", 1)[0].split(",", 1)[0].strip().strip('"').lower()
-    return "csv" if first == "timecode" else None
+    cells = [c.strip().strip('"').lower() for c in head.split("\n", 1)[0].split(",", 2)[:2]]
+    # Live Link Face starts with Timecode; Audio2Face-3D's CSV with timeCode, perhaps after an index column
+    return "csv" if cells[0] == "timecode" or (cells[0] == "" and cells[1:] == ["timecode"]) else None
 
 
 def sniff_arkit_track(path: str | os.PathLike) -> str | None:
@@ -170,8 +174,9 @@ def load_arkit_track(path: str | os.PathLike) -> ArkitTrack:
     if kind == "json":
         return parse_arkit_json(text, str(path))
     if kind == "csv":
-        return parse_live_link_csv(text, str(path))
-    raise BadInputError(f"ARKit track {path}: not a Live Link Face CSV (header 'Timecode,BlendShapeCount,...') "
+        return parse_arkit_csv(text, str(path))
+    raise BadInputError(f"ARKit track {path}: not a Live Link Face CSV (header 'Timecode,BlendShapeCount,...'), "
+                        f"an Audio2Face-3D CSV (header 'timeCode,blendShapes.EyeBlinkLeft,...') "
                         f"nor an ARKit JSON ({{\"names\": [...], \"frames\": [...]}} or Audio2Face's "
                         f"{{\"facsNames\": [...], \"weightMat\": [...]}})")
 
@@ -263,9 +268,21 @@ def _timecode_rate(secs: np.ndarray, frame: np.ndarray, where: str, notes: list[
     return base
 
 
-def parse_live_link_csv(text: str, source: str = "<csv>") -> ArkitTrack:
-    """A Live Link Face CSV's text -> ArkitTrack (BOM and CRLF tolerated)."""
-    where = f"Live Link Face CSV {source}"
+A2F_PREFIX = "blendshapes."  # Audio2Face-3D's column prefix, compared in lower case
+
+
+def parse_arkit_csv(text: str, source: str = "<csv>") -> ArkitTrack:
+    """A CSV track's text -> ArkitTrack: Audio2Face-3D's when its columns are ``blendShapes.*``,
+    else Live Link Face's."""
+    first = text.lstrip("\ufeff \t\r\n").split("\n", 1)[0].lower()
+    if any(c.strip().strip('"').startswith(A2F_PREFIX) for c in first.split(",")):
+        return parse_audio2face_csv(text, source)
+    return parse_live_link_csv(text, source)
+
+
+def _csv_table(text: str, where: str, expected: str) -> tuple[list[str], np.ndarray, list[int]]:
+    """(header cells, T,C table of strings, the file's line number of each row) of a comma-separated
+    text with a time code column (BOM, CRLF and blank lines tolerated)."""
     numbered = [(i + 1, ln) for i, ln in enumerate(text.lstrip("\ufeff").splitlines()) if ln.strip()]
     if not numbered:
         raise BadInputError(f"{where}: the file is empty")
@@ -273,46 +290,56 @@ def parse_live_link_csv(text: str, source: str = "<csv>") -> ArkitTrack:
     lower = [c.lower() for c in header]
     if "timecode" not in lower:
         raise BadInputError(f"{where}: the header has no 'Timecode' column (it starts {', '.join(header[:4])!r}); "
-                            f"expected 'Timecode,BlendShapeCount,EyeBlinkLeft,...'")
-    dup = sorted({c for c in lower if lower.count(c) > 1})
+                            f"expected {expected!r}")
+    dup = sorted({c for c in lower if c and lower.count(c) > 1})
     if dup:
         raise BadInputError(f"{where}: the header names {', '.join(dup)} more than once")
     rows = numbered[1:]
     if not rows:
         raise BadInputError(f"{where}: the header has no frames after it")
-    width = len(header)
     cells = []
     for line_no, line in rows:
         parts = line.split(",")
-        if len(parts) != width:
-            raise BadInputError(f"{where}: line {line_no} has {len(parts)} values, the header {width}")
+        if len(parts) != len(header):
+            raise BadInputError(f"{where}: line {line_no} has {len(parts)} values, the header {len(header)}")
         cells.append(parts)
-    table = np.array(cells, dtype=str)
-    line_nos = [n for n, _ in rows]
+    return header, np.array(cells, dtype=str), [n for n, _ in rows]
 
+
+def _csv_numbers(table: np.ndarray, col_idx: list[int], header: list[str], line_nos: list[int],
+                 where: str) -> np.ndarray:
+    """The columns ``col_idx`` as float64, refusing text, NaN and infinities by line and column."""
+    block = table[:, col_idx]
+    try:
+        values = block.astype(np.float64)
+    except ValueError:
+        for r, c in np.ndindex(*block.shape):
+            try:
+                float(block[r, c])
+            except ValueError:
+                raise BadInputError(f"{where}: line {line_nos[r]}, column {header[col_idx[c]]}: "
+                                    f"{block[r, c]!r} is not a number") from None
+        raise
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = (int(x[0]) for x in np.nonzero(bad))
+        raise BadInputError(f"{where}: line {line_nos[r]}, column {header[col_idx[c]]}: "
+                            f"{block[r, c].strip()} (NaN or infinite values are refused)")
+    return values
+
+
+def parse_live_link_csv(text: str, source: str = "<csv>") -> ArkitTrack:
+    """A Live Link Face CSV's text -> ArkitTrack (BOM and CRLF tolerated)."""
+    where = f"Live Link Face CSV {source}"
+    header, table, line_nos = _csv_table(text, where, "Timecode,BlendShapeCount,EyeBlinkLeft,...")
+    lower = [c.lower() for c in header]
     special = {"timecode", "blendshapecount", *(c.lower() for c in HEAD_COLUMNS + EYE_COLUMNS)}
     shape_cols = [i for i, c in enumerate(lower) if c not in special]
     pos, names, unknown = _channels([header[i] for i in shape_cols], where)
     notes = [_unknown_note(unknown)] if unknown else []
 
     def numbers(col_idx: list[int]) -> np.ndarray:
-        block = table[:, col_idx]
-        try:
-            values = block.astype(np.float64)
-        except ValueError:
-            for r, c in np.ndindex(*block.shape):
-                try:
-                    float(block[r, c])
-                except ValueError:
-                    raise BadInputError(f"{where}: line {line_nos[r]}, column {header[col_idx[c]]}: "
-                                        f"{block[r, c]!r} is not a number") from None
-            raise
-        bad = ~np.isfinite(values)
-        if bad.any():
-            r, c = (int(x[0]) for x in np.nonzero(bad))
-            raise BadInputError(f"{where}: line {line_nos[r]}, column {header[col_idx[c]]}: "
-                                f"{block[r, c].strip()} (NaN or infinite values are refused)")
-        return values
+        return _csv_numbers(table, col_idx, header, line_nos, where)
 
     weights = numbers([shape_cols[p] for p in pos]).astype(np.float32)
     notes += _range_note(weights, names)
@@ -349,6 +376,41 @@ def parse_live_link_csv(text: str, source: str = "<csv>") -> ArkitTrack:
         fps = base
     return ArkitTrack(names=names, weights=weights, times=clock.astype(np.float64), fps=fps, source=source,
                       head=head, eyes=eyes, warnings=notes)
+
+
+
+def parse_audio2face_csv(text: str, source: str = "<csv>") -> ArkitTrack:
+    """An Audio2Face-3D ``animation_frames.csv``'s text -> ArkitTrack. ``timeCode`` is seconds; the
+    rate is the median step's, snapped to a standard rate (30 fps for a single row)."""
+    where = f"Audio2Face-3D CSV {source}"
+    header, table, line_nos = _csv_table(text, where, "timeCode,blendShapes.EyeBlinkLeft,...")
+    lower = [c.lower() for c in header]
+    time_col = lower.index("timecode")
+    # an unnamed column is the row index a table writer added: not a channel
+    cols = [i for i, c in enumerate(lower) if i != time_col and c]
+    shown = [header[i][len(A2F_PREFIX):] if lower[i].startswith(A2F_PREFIX) else header[i] for i in cols]
+    pos, names, unknown = _channels(shown, where)
+    notes = [_unknown_note(unknown)] if unknown else []
+    weights = _csv_numbers(table, [cols[p] for p in pos], header, line_nos, where).astype(np.float32)
+    notes += _range_note(weights, names)
+
+    t = _csv_numbers(table, [time_col], header, line_nos, where)[:, 0]
+    steps = np.diff(t)
+    if (steps <= 0).any():
+        k = int(np.flatnonzero(steps <= 0)[0])
+        raise BadInputError(f"{where}: timeCode goes backwards or repeats at line {line_nos[k + 1]} "
+                            f"({t[k]:g} then {t[k + 1]:g} s)")
+    if steps.size:
+        per_row = float(np.median(steps))
+        fps = _snap_rate(1.0 / per_row)
+        gaps = np.flatnonzero(steps > 1.5 * per_row)
+        if gaps.size:
+            notes.append(f"{gaps.size} timeCode gap(s) (first at line {line_nos[gaps[0] + 1]}, "
+                         f"{steps[gaps[0]] / per_row - 1:.3g} frames missing?): rows are timed one per frame")
+    else:
+        fps = DEFAULT_JSON_FPS
+        notes.append(f"a single row: its rate cannot be derived, {fps:g} fps assumed")
+    return ArkitTrack(names=names, weights=weights, times=t - t[0], fps=fps, source=source, warnings=notes)
 
 
 # ------------------------------------------------------------------------------------- ARKit JSON
