@@ -1,6 +1,6 @@
-"""ARKit track parse time: a generated Live Link Face CSV, an ARKit JSON and an Audio2Face JSON of the same length
-(default 60 s at 60 fps, 52 blendshapes + head and eye angles), best of a few runs, plus the time
-to resample each to 24 fps.
+"""ARKit track parse time: a generated Live Link Face CSV, an ARKit JSON, an Audio2Face JSON and an
+Audio2Face-3D CSV of the same length (default 60 s at 60 fps, 52 blendshapes; the Live Link CSV also
+head and eye angles), best of a few runs, plus the time to resample each to 24 fps.
 
     .venv/bin/python bench/bench_motion_parse.py [--seconds 60] [--fps 60] [--repeats 5]
 """
@@ -16,7 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from factories.live_link import arkit_json, audio2face_json, live_link_csv, random_track  # noqa: E402
+from factories.live_link import (  # noqa: E402
+    arkit_json,
+    audio2face_csv,
+    audio2face_json,
+    live_link_csv,
+    random_track,
+)
 
 from backend.core.formats.arkit_track import load_arkit_track  # noqa: E402
 
@@ -43,6 +49,7 @@ def main() -> None:
             "Live Link Face CSV": live_link_csv(Path(tmp) / "take.csv", w, h, e, rate=args.fps, step=1.0005),
             "ARKit JSON": arkit_json(Path(tmp) / "take.json", w, fps=args.fps),
             "Audio2Face JSON": audio2face_json(Path(tmp) / "a2f.json", w, fps=args.fps),
+            "Audio2Face-3D CSV": audio2face_csv(Path(tmp) / "animation_frames.csv", w, fps=args.fps),
         }
         print(f"{n} frames ({args.seconds:g} s at {args.fps} fps), best of {args.repeats}")
         for what, path in files.items():
