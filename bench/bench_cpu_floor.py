@@ -5,9 +5,11 @@
 Counts the work of the full-size LAM-20K forward from its config (GEMM FLOPs per part: encoder, transformer
 linears, attention scores q k^T, attention probabilities x values, heads; softmax elements), measures what
 this machine sustains on each kind of op in isolation (bf16 GEMMs at the forward's shapes, PyTorch's bf16
-softmax, and int8 GEMMs through ``torch._int_mm`` for comparison), and prints the resulting lower bound on
-the forward time: the sum of work / rate, as if every op ran back to back at its isolated speed. The real
-forward (bench_network.py) cannot be faster than this bound with the same kinds of op.
+softmax, PyTorch's fused bf16 SDPA, and int8 GEMMs through ``torch._int_mm`` for comparison), and prints the
+resulting lower bound on the forward time: the sum of work / rate, as if every op ran back to back at its
+isolated speed. The real forward (bench_network.py) cannot be faster than the bound of the kinds of op it runs:
+``gemm_bf16`` attention is GEMMs plus a separate softmax, ``sdpa_bf16`` the fused kernel (scores, softmax and
+values in one pass, so its rate counts the GEMM FLOPs of both products).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -90,6 +93,9 @@ def measured_rates(n_keys: int, head_dim: int = 64) -> dict[str, float]:
     x = torch.randn(4096, 1024, generator=g).to(torch.bfloat16)
     w = torch.randn(1024, 4096, generator=g).to(torch.bfloat16)
     rates = {"bf16 linear": _rate(lambda: x @ w, 2.0 * 4096**2 * 1024)}
+    q, k, v = (torch.randn(1, 2, n, head_dim, generator=g).to(torch.bfloat16) for n in (2048, n_keys, n_keys))
+    rates["bf16 fused sdpa"] = _rate(lambda: F.scaled_dot_product_attention(q, k, v),
+                                     4.0 * 2 * 2048 * n_keys * head_dim, repeats=3)
     for rows in (128, 512):
         for name, r in _attention_rates(rows, n_keys, head_dim, g).items():
             rates[name] = max(r, rates.get(name, 0.0))
@@ -109,12 +115,14 @@ def main() -> int:
           + f" (GEMMs {gemm / 1e12:.2f} TFLOP); softmax {work['softmax'] / 1e9:.1f} G elements")
     rates = measured_rates(n_keys)
     for name, r in rates.items():
-        unit = "G elements/s" if "softmax" in name else ("GOPS" if "int8" in name else "GFLOP/s")
-        print(f"  {name:13s} {r / 1e9:7.1f} {unit}")
+        unit = "G elements/s" if name.endswith("softmax") else ("GOPS" if "int8" in name else "GFLOP/s")
+        print(f"  {name:15s} {r / 1e9:7.1f} {unit}")
     dense = work["encoder"] + work["linears"] + work["heads"]
     floors = {
-        "bf16 everywhere (fast mode)": dense / rates["bf16 linear"] + work["scores"] / rates["bf16 scores"]
+        "bf16, gemm_bf16 attention (GEMMs + separate softmax)": dense / rates["bf16 linear"] + work["scores"] / rates["bf16 scores"]
         + work["pv"] / rates["bf16 pv"] + work["softmax"] / rates["bf16 softmax"],
+        "bf16, sdpa_bf16 attention (fused)": dense / rates["bf16 linear"]
+        + (work["scores"] + work["pv"]) / rates["bf16 fused sdpa"],
         "bf16 GEMMs only, softmax free": dense / rates["bf16 linear"] + work["scores"] / rates["bf16 scores"]
         + work["pv"] / rates["bf16 pv"],
         "int8 scores, bf16 rest, softmax free": dense / rates["bf16 linear"] + work["scores"] / rates["int8 scores"]

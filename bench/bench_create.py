@@ -7,9 +7,13 @@ the official size (5023 vertices, 9976 faces -> 20018 points) and a synthetic
 landmark embedding is installed so the FLAME fit really runs.
 
 Goals (issue #4): preprocessing + fit <= 10 s, whole create in fast mode
-<= 90 s, RSS <= 3.5 GB.
+<= 90 s, RSS <= 3.5 GB (issue 17, on a 2-core AMX Xeon: <= 48 s).
 
-    .venv/bin/python bench/bench_create.py [--precision fast] [--device auto] [--workdir DIR]
+    .venv/bin/python bench/bench_create.py [--precision fast] [--device auto] [--runs 2] [--workdir DIR]
+
+``--runs`` creates one after another in the same fresh asset cache: the first is a user's first fast create
+on this machine (it measures the per-machine CPU choices before its forward, inside the network stage), the
+later ones reuse the cached choices, as every create after that does.
 
 The checkpoint is written once into --workdir (default a temp folder, deleted
 at the end unless --keep).
@@ -29,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-GOALS = "goals: preprocessing+fit <= 10 s, create (fast) <= 90 s, peak RSS <= 3.5 GB"
+GOALS = ("goals: preprocessing+fit <= 10 s, create (fast) <= 90 s, peak RSS <= 3.5 GB; "
+         "on a 2-core AMX Xeon create <= 48 s (issue 17)")
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path, Path]:
@@ -74,18 +79,35 @@ def run_create(cmd: list[str], env: dict) -> tuple[int, str, float, float]:
     return proc.returncode, "".join(err_lines), wall, usage.ru_maxrss * 1024 / 1e9  # Linux: kB
 
 
+def stage_seconds(stderr: str) -> dict[str, float]:
+    """The ``timings:`` line that ``lam-head create`` prints, as stage -> seconds."""
+    timing_line = next(line for line in stderr.splitlines() if line.startswith("timings:"))
+    parts = dict(p.strip().rsplit(" ", 1) for p in timing_line[len("timings:"):].split(";")[0].split(","))
+    return {k: float(v.rstrip("s")) for k, v in parts.items()}
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except (OSError, AttributeError):
+        return "n/a"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", default="fast")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (reuse the 2.2 GB checkpoint)")
+    ap.add_argument("--runs", type=int, default=2, help="creates in the same asset cache (the first calibrates)")
     args = ap.parse_args()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         weights, flame, emb, photo = prepare(work)
-        env = {**os.environ, "LAM_HEAD_HOME": str(work / "home"), "PYTHONPATH": str(REPO)}
+        home = work / "home"
+        shutil.rmtree(home, ignore_errors=True)  # a fresh asset cache: the first run is a first run on this machine
+        env = {**os.environ, "LAM_HEAD_HOME": str(home), "PYTHONPATH": str(REPO)}
         setup = subprocess.run([sys.executable, "-m", "backend", "setup", "--landmark-embedding", str(emb)],
                                cwd=REPO, env=env, capture_output=True, text=True)
         if setup.returncode != 0:
@@ -93,25 +115,27 @@ def main() -> int:
             return 1
         cmd = [sys.executable, "-m", "backend", "create", str(photo), "-o", str(work / "avatar.npz"),
                "--weights", str(weights), "--flame", str(flame), "--precision", args.precision, "--device", args.device]
-        rc, err, wall, rss = run_create(cmd, env)
-        if rc != 0:
-            print(err, file=sys.stderr)
-            return rc
-        timing_line = next(line for line in err.splitlines() if line.startswith("timings:"))
-        parts = dict(p.strip().rsplit(" ", 1) for p in timing_line[len("timings:"):].split(";")[0].split(","))
-        t = {k: float(v.rstrip("s")) for k, v in parts.items()}
+        runs = []
+        for _ in range(max(1, args.runs)):
+            rc, err, wall, rss = run_create(cmd, env)
+            if rc != 0:
+                print(err, file=sys.stderr)
+                return rc
+            runs.append((stage_seconds(err), wall, rss))
         import torch
 
         print(f"lam-head create, random LAM-20K weights, 20018 points, precision {args.precision}, device {args.device}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(f"{'stage':<10}{'seconds':>9}")
-        for k, v in t.items():
-            print(f"{k:<10}{v:9.2f}")
-        pre = sum(t.get(k, 0.0) for k in ("decode", "detect", "matte", "fit"))
-        print(f"{'prep+fit':<10}{pre:9.2f}")
-        print(f"{'stages':<10}{sum(t.values()):9.2f}")
-        print(f"{'process':<10}{wall:9.2f}   (incl. Python start-up and imports)")
-        print(f"peak RSS {rss:.2f} GB")
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_average()}")
+        names = ["first run"] + [f"run {i + 1}" for i in range(1, len(runs))]
+        print(f"{'stage':<10}" + "".join(f"{n:>11}" for n in names))
+        for k in runs[0][0]:
+            print(f"{k:<10}" + "".join(f"{t.get(k, 0.0):11.2f}" for t, _, _ in runs))
+        pre = ("decode", "detect", "matte", "fit")
+        print(f"{'prep+fit':<10}" + "".join(f"{sum(t.get(k, 0.0) for k in pre):11.2f}" for t, _, _ in runs))
+        print(f"{'stages':<10}" + "".join(f"{sum(t.values()):11.2f}" for t, _, _ in runs))
+        print(f"{'process':<10}" + "".join(f"{w:11.2f}" for _, w, _ in runs) + "   (incl. Python start-up and imports)")
+        print(f"{'peak RSS':<10}" + "".join(f"{r:8.2f} GB" for _, _, r in runs))
+        print("the first run calibrates the per-machine CPU choices (inside its network stage); later runs reuse them")
         print(GOALS)
     finally:
         if not args.keep and not args.workdir:

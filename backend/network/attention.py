@@ -10,8 +10,9 @@ joint-attention layer under bf16 autocast (1024 wide, 20018 + 1296 tokens, under
 with SDPA, 11.1-11.8 s with :func:`cpu_bf16_attention` (~1/3 each scores GEMM, softmax, PV GEMM; block
 size 256-1024 rows makes no difference). Whole network: bench/bench_network.py.
 
-Other CPUs differ: on a 2-core Xeon with AMX, bf16 SDPA ran the same layer in 2.71 s against 4.83 s for
-:func:`cpu_bf16_attention`. So bfloat16 on CPU runs the kernel that :mod:`.attention_choice` measured fastest
+Other CPUs differ: on a 2-core Xeon with AMX, bf16 SDPA (fused: its softmax never leaves the cache) ran the
+same layer in 2.2-2.7 s against 3.8-4.8 s for :func:`cpu_bf16_attention`, the whole fast forward in 39.5 s
+against 61.8 s (bench/README.md, per-CPU table). So bfloat16 on CPU runs the kernel that :mod:`.attention_choice` measured fastest
 on this machine (or the one forced with ``--attention`` / ``$LAM_HEAD_ATTENTION``): see :func:`run_kernel`.
 """
 

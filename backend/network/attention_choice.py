@@ -2,8 +2,9 @@
 
 The fastest kernel depends on the CPU (issue 17). On the 2-core AMD EPYC (AVX512-BF16, no AMX) the explicit
 bf16 GEMMs (``gemm_bf16``, :func:`attention.cpu_bf16_attention`) beat PyTorch's CPU SDPA, which ran no faster
-in bf16 than in fp32 there; on a 2-core Xeon with AMX, PyTorch's bf16 SDPA took 2.71 s for one full-size
-joint-attention layer against 4.83 s for the GEMM path. So instead of hard-coding one:
+in bf16 than in fp32 there; on a 2-core Xeon with AMX, PyTorch's bf16 SDPA took 2.2-2.7 s for one full-size
+joint-attention layer against 3.8-4.8 s for the GEMM path (calibration there: 0.7-1.0 s, sdpa_bf16 chosen; the
+forward 39.5 s against 61.8 s). So instead of hard-coding one:
 
 * **Calibration.** The first bf16 CPU forward of a full-size problem (:data:`CALIBRATE_MIN_QUERIES` query
   points or more; smaller ones take seconds and use :data:`DEFAULT_KERNEL` or an earlier choice) runs every
