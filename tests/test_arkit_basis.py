@@ -52,6 +52,14 @@ def test_a_mesh_of_another_topology_is_named_as_the_reason():
     assert basis.mismatch(basis.faces, basis.n_vertices) is None
 
 
+def test_a_mesh_of_the_same_size_but_other_triangles_says_so():
+    basis = arkit_basis.bundled()
+    faces = basis.faces.copy()
+    faces[[0, 5]] = faces[[0, 5], ::-1]  # two triangles wound the other way: same counts, another mesh
+    why = basis.mismatch(faces, basis.n_vertices)
+    assert why is not None and "2 of its triangles" in why and "another topology" in why
+
+
 def test_an_avatar_not_on_flame_topology_gets_no_arkit_keys_and_a_note(tmp_path):
     photo = tmp_path / "a.jpg"
     Image.fromarray(astronaut()).save(photo)

@@ -266,3 +266,24 @@ def test_one_photo_is_todays_path_byte_for_byte_without_the_few_photo_code(tmp_p
     assert {k: v for k, v in meta_a.items() if k != "created"} == {k: v for k, v in meta_b.items() if k != "created"}
     assert not {"views", "refinement"} & set(meta_a)
     assert ply_a == ply_b
+
+
+def test_plain_progress_lines_show_one_off_notes_but_not_every_counter_step():
+    """In a log (not a terminal) a note such as the once-per-machine calibration gets its own line even when the
+    percentage did not move, while block counters print per 5 % only."""
+    import io
+
+    from backend.cli.create import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(stream=out)
+    bar("network", 0.550, "20018 points on cpu")
+    bar("network", 0.551, "timing the attention kernels on this CPU (once per machine, a few seconds)")
+    for i in range(1, 25):
+        bar("network", 0.552 + i * 0.0001, f"encoder {i}/24")
+    bar("network", 0.70, "encoder 20/24")
+    lines = out.getvalue().splitlines()
+    assert lines == ["network 55% 20018 points on cpu",
+                     "network 55% timing the attention kernels on this CPU (once per machine, a few seconds)",
+                     "network 55% encoder 1/24",
+                     "network 70% encoder 20/24"]

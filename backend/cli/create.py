@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
 HELP = "photo -> avatar file (the main job)"
+
+
+def _message_kind(message: str) -> str:
+    """The message with its numbers blanked: ``encoder 3/24`` and ``encoder 4/24`` are the same kind."""
+    return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
 class ProgressBar:
@@ -21,6 +27,7 @@ class ProgressBar:
         self._last_t = 0.0
         self._shown = False
         self._next_step = 0.0
+        self._last_kind = ""
 
     def __call__(self, stage: str, fraction: float, message: str = "") -> None:
         now = time.monotonic()
@@ -32,10 +39,15 @@ class ProgressBar:
             text = f"\r[{'#' * filled}{'-' * (self.width - filled)}] {frac * 100:5.1f}% {stage:<8} {message}"[:120]
             self.stream.write(text.ljust(100))
             self._shown = True
-        elif stage != self._last_stage or frac >= self._next_step:
-            # Not a terminal (a log, the add-on reading stderr): a line per stage and per 5 %.
+        else:
+            # Not a terminal (a log, the add-on reading stderr): a line per stage, per 5 % and per new kind of
+            # message (a one-off note such as a calibration, not a counter that merely moved on).
+            kind = _message_kind(message)
+            if stage == self._last_stage and frac < self._next_step and kind == self._last_kind:
+                return
             self.stream.write(f"{self.label + ': ' if self.label else ''}{stage} {frac * 100:.0f}% {message}".rstrip() + "\n")
             self._next_step = (int(frac * 20) + 1) / 20
+            self._last_kind = kind
         self.stream.flush()
         self._last_stage, self._last_t = stage, now
 

@@ -44,9 +44,13 @@ class ArkitBasis:
 
     def mismatch(self, faces: np.ndarray, n_vertices: int) -> str | None:
         """Why a mesh of ``n_vertices`` with ``faces`` cannot use this basis, or None when it can."""
-        if n_vertices != self.n_vertices or np.shape(faces) != self.faces.shape or not np.array_equal(faces, self.faces):
+        if n_vertices != self.n_vertices or np.shape(faces) != self.faces.shape:
             return (f"the FLAME model's mesh ({n_vertices} vertices, {len(faces)} faces) is not the topology of the "
                     f"ARKit basis from {self.source} ({self.n_vertices} vertices, {len(self.faces)} faces)")
+        if not np.array_equal(faces, self.faces):
+            differ = int(np.any(np.asarray(faces) != self.faces, axis=1).sum())
+            return (f"the FLAME model's mesh has the size of the ARKit basis from {self.source} ({n_vertices} vertices, "
+                    f"{len(faces)} faces) but {differ} of its triangles join other vertices, so it is another topology")
         return None
 
     def save(self, path: str | os.PathLike) -> Path:
