@@ -328,6 +328,18 @@ def _csv_numbers(table: np.ndarray, col_idx: list[int], header: list[str], line_
     return values
 
 
+def _row_rate(steps: np.ndarray, unit_rate: float, line_nos: list[int], column: str, notes: list[str]) -> float:
+    """The rate of rows that lie ``steps`` apart (in units of 1/``unit_rate`` s): the median step's, snapped to a
+    standard rate. Downstream rows are keyed one per frame at that rate, so a step over 1.5 rows is noted as a
+    gap (a dropped row shifts the rest)."""
+    per_row = float(np.median(steps))
+    gaps = np.flatnonzero(steps > 1.5 * per_row)
+    if gaps.size:
+        notes.append(f"{gaps.size} {column} gap(s) (first at line {line_nos[gaps[0] + 1]}, "
+                     f"{steps[gaps[0]] / per_row - 1:.3g} frames missing?): rows are timed one per frame")
+    return _snap_rate(unit_rate / per_row)
+
+
 def parse_live_link_csv(text: str, source: str = "<csv>") -> ArkitTrack:
     """A Live Link Face CSV's text -> ArkitTrack (BOM and CRLF tolerated)."""
     where = f"Live Link Face CSV {source}"
@@ -365,15 +377,7 @@ def parse_live_link_csv(text: str, source: str = "<csv>") -> ArkitTrack:
         k = int(np.flatnonzero(steps <= 0)[0])
         raise BadInputError(f"{where}: timecodes go backwards or repeat at line {line_nos[k + 1]} "
                             f"({table[k, lower.index('timecode')]} then {table[k + 1, lower.index('timecode')]})")
-    if steps.size:
-        per_row = float(np.median(steps))
-        fps = _snap_rate(base / per_row)
-        gaps = np.flatnonzero(steps > 1.5 * per_row)
-        if gaps.size:
-            notes.append(f"{gaps.size} timecode gap(s) (first at line {line_nos[gaps[0] + 1]}, "
-                         f"{steps[gaps[0]] / per_row - 1:.3g} frames missing?): rows are timed one per frame")
-    else:
-        fps = base
+    fps = _row_rate(steps, base, line_nos, "timecode", notes) if steps.size else base
     return ArkitTrack(names=names, weights=weights, times=clock.astype(np.float64), fps=fps, source=source,
                       head=head, eyes=eyes, warnings=notes)
 
@@ -401,12 +405,7 @@ def parse_audio2face_csv(text: str, source: str = "<csv>") -> ArkitTrack:
         raise BadInputError(f"{where}: timeCode goes backwards or repeats at line {line_nos[k + 1]} "
                             f"({t[k]:g} then {t[k + 1]:g} s)")
     if steps.size:
-        per_row = float(np.median(steps))
-        fps = _snap_rate(1.0 / per_row)
-        gaps = np.flatnonzero(steps > 1.5 * per_row)
-        if gaps.size:
-            notes.append(f"{gaps.size} timeCode gap(s) (first at line {line_nos[gaps[0] + 1]}, "
-                         f"{steps[gaps[0]] / per_row - 1:.3g} frames missing?): rows are timed one per frame")
+        fps = _row_rate(steps, 1.0, line_nos, "timeCode", notes)
     else:
         fps = DEFAULT_JSON_FPS
         notes.append(f"a single row: its rate cannot be derived, {fps:g} fps assumed")
